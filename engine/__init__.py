@@ -1,0 +1,35 @@
+"""usage-engine: correct past usage for usage-based billing, Orb-style, on DuckLake.
+
+>>> import engine
+>>> store = engine.open("data/store")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from engine.errors import (
+    ConstraintViolation,
+    DuplicateResourceCreation,
+    EngineError,
+    RequestValidationError,
+    ResourceConflict,
+    ResourceNotFound,
+)
+from engine.models import Backfill, BackfillStatus, Customer, Event, IngestResult, Page
+from engine.store import Store, open
+
+__all__ = [
+    "Backfill",
+    "BackfillStatus",
+    "ConstraintViolation",
+    "Customer",
+    "DuplicateResourceCreation",
+    "EngineError",
+    "Event",
+    "IngestResult",
+    "Page",
+    "RequestValidationError",
+    "ResourceConflict",
+    "ResourceNotFound",
+    "Store",
+    "open",
+]

@@ -1,0 +1,362 @@
+"""Ingestion: live batches (one commit each) and backfill batches (staged until close).
+
+Every input shape (dicts, Arrow, Polars, JSONL, Parquet) becomes one DuckDB relation, is
+normalized into the temporary table ``incoming`` and validated there by one query, so the
+rules and their messages are the same whatever the input, and large inputs stream through
+DuckDB (which spills to the store's ``tmp/``) instead of Python.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from engine.context import Context
+from engine.errors import ConstraintViolation, RequestValidationError
+from engine.filters import parse_filter, translate_filter
+from engine.models import Backfill, IngestResult
+from engine.queries import (
+    EVENT_COLUMNS,
+    ORDINAL_COLUMN,
+    REPEATED_KEYS,
+    bind,
+    create_temp_table,
+    customer_scope,
+    first_copies,
+    deprecation_rows,
+    ingest_problems,
+    insert_rows,
+    normalized_input,
+    table_ref,
+)
+from engine.schema import DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS
+
+__all__ = ["AmendmentIngestor", "Ingestor", "late_deprecations"]
+
+
+_INPUT_VIEW = "incoming_input"
+_EVENT_FIELDS = frozenset(EVENT_COLUMNS)
+
+_READ_JSONL = """
+SELECT * FROM read_json(:path, format = 'newline_delimited', columns = {
+  'idempotency_key': 'VARCHAR', 'event_name': 'VARCHAR', 'timestamp': 'VARCHAR',
+  'customer_id': 'VARCHAR', 'external_customer_id': 'VARCHAR', 'properties': 'JSON'})
+"""
+_READ_PARQUET = "SELECT * FROM read_parquet(:path)"
+_READ_CSV = "SELECT * FROM read_csv(:path, header = TRUE, all_varchar = TRUE)"
+
+
+@dataclass(frozen=True)
+class _Problem:
+    ordinal: int
+    idempotency_key: str | None
+    message: str
+
+
+def _duration(value: timedelta) -> str:
+    total = int(value.total_seconds())
+    hours, rest = divmod(total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "", f"{seconds} s" if seconds else ""]
+    return " ".join(p for p in parts if p) or "0 s"
+
+
+def _timestamp_text(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.isoformat()  # no zone: refused by validation, with this text shown
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _dicts_to_arrow(events: Iterable[Mapping[str, Any]]) -> tuple[pa.Table, list[_Problem]]:
+    """Orb-shaped dicts as an Arrow table of text columns, plus problems only Python can see."""
+    columns: dict[str, list[Any]] = {name: [] for name in EVENT_COLUMNS}
+    problems: list[_Problem] = []
+    for ordinal, event in enumerate(events, start=1):
+        if not isinstance(event, Mapping):
+            problems.append(_Problem(ordinal, None, f"event {ordinal} is not an object"))
+            event = {}
+        key = event.get("idempotency_key")
+        label = key if isinstance(key, str) else None
+        for unknown in sorted(set(map(str, event)) - _EVENT_FIELDS):
+            problems.append(_Problem(ordinal, label, f"unknown field {unknown!r}"))
+        for name in ("idempotency_key", "event_name", "customer_id", "external_customer_id"):
+            value = event.get(name)
+            if value is not None and not isinstance(value, str):
+                problems.append(_Problem(ordinal, label, f"{name} must be a string"))
+                value = None
+            columns[name].append(value)
+        columns["timestamp"].append(_timestamp_text(event.get("timestamp")))
+        properties = event.get("properties")
+        columns["properties"].append(_properties_json(properties, ordinal, label, problems))
+    table = pa.table({name: pa.array(values, type=pa.string()) for name, values in columns.items()})
+    return table, problems
+
+
+def _properties_json(
+    properties: Any, ordinal: int, label: str | None, problems: list[_Problem]
+) -> str | None:
+    if properties is None:
+        return None
+    if not isinstance(properties, Mapping):
+        return json.dumps(properties)  # validation names it: not an object
+    clean: dict[str, Any] = {}
+    for name, value in properties.items():
+        if not isinstance(name, str):
+            problems.append(_Problem(ordinal, label, f"property name {name!r} must be a string"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(_Problem(ordinal, label, f"property {name!r} must be a finite number"))
+        elif value is None or isinstance(value, (str, int, float, bool, dict, list)):
+            clean[name] = value  # nesting and null are named by the validation query
+        else:
+            problems.append(
+                _Problem(
+                    ordinal,
+                    label,
+                    f"property {name!r} must be a string, number or boolean, "
+                    f"not {type(value).__name__}",
+                )
+            )
+    return json.dumps(clean, separators=(",", ":"), sort_keys=True)
+
+
+class Ingestor:
+    """Validates and writes ingest batches; used by ``Store.ingest`` and event amendments."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def ingest(self, events: Any, *, backfill: Backfill | None) -> IngestResult:
+        """Validate the whole batch, then write it (live: one commit) or stage it (backfill).
+
+        Call inside ``storage.write()`` with ``backfill`` already checked to accept events.
+        """
+        storage = self._context.storage
+        repeats = self.validate_only(events, backfill=backfill)
+        storage.execute(
+            create_temp_table(
+                "first_copies",
+                first_copies(
+                    backfill_id=backfill.id if backfill else None, all_keys_distinct=not repeats
+                ),
+            )
+        )
+        keys = storage.arrow(
+            exp.select("idempotency_key", "duplicate").from_("first_copies").order_by("ordinal")
+        )
+        flags = keys.column("duplicate").to_pylist()
+        offered = keys.column("idempotency_key").to_pylist()
+        written = [key for key, duplicate in zip(offered, flags) if not duplicate]
+        duplicates = [key for key, duplicate in zip(offered, flags) if duplicate]
+        if written:
+            new_events = bind(
+                "SELECT idempotency_key, event_name, \"timestamp\", customer_id, "
+                "external_customer_id, properties FROM first_copies WHERE NOT duplicate"
+            )
+            if backfill is None:
+                self._write_live(new_events, kind="event", count=len(written))
+            else:
+                self._stage(backfill, new_events, count=len(written))
+        return IngestResult(ingested=written, duplicates=duplicates)
+
+    def validate_only(self, events: Any, *, backfill: Backfill | None) -> int:
+        """Load ``events`` into ``incoming`` and raise if any rule fails.
+
+        Returns how many keys occur more than once in the batch (identical copies).
+        """
+        storage = self._context.storage
+        problems = self._load(events)
+        storage.execute(create_temp_table("repeated_keys", bind(REPEATED_KEYS)))
+        problems += self._problems(backfill)
+        if problems:
+            raise _rejection(problems)
+        repeats = storage.one(bind("SELECT count(*) FROM repeated_keys"))
+        return int(repeats[0]) if repeats else 0
+
+    def write_amendment(self, kind: str) -> int:
+        """Write ``incoming`` (one validated row) as a live row of ``kind``; returns its version."""
+        rows = bind(
+            "SELECT idempotency_key, event_name, \"timestamp\", customer_id, "
+            "external_customer_id, CAST(properties AS JSON) AS properties FROM incoming"
+        )
+        return self._write_live(rows, kind=kind, count=1)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _load(self, events: Any) -> list[_Problem]:
+        """Load ``events`` into the temp table ``incoming``; return problems seen on the way."""
+        storage = self._context.storage
+        problems: list[_Problem] = []
+        source: exp.Expression
+        if isinstance(events, (str, Path)):
+            source = _file_scan(Path(events))
+        else:
+            if isinstance(events, pa.Table):
+                table = events
+            elif hasattr(events, "to_arrow") and hasattr(events, "schema"):  # polars DataFrame
+                table = events.to_arrow()
+            elif isinstance(events, Mapping):
+                raise ConstraintViolation("events must be a list of event objects, not one object")
+            else:
+                table, problems = _dicts_to_arrow(events)
+            if ORDINAL_COLUMN not in table.column_names:
+                table = table.append_column(
+                    ORDINAL_COLUMN, pa.array(range(1, table.num_rows + 1), type=pa.int64())
+                )
+            storage.register(_INPUT_VIEW, table)
+            source = exp.select("*").from_(_INPUT_VIEW)
+        try:
+            types = storage.column_types(source)
+            storage.execute(
+                create_temp_table(
+                    "incoming",
+                    normalized_input("source_rows", types).with_("source_rows", as_=source),
+                )
+            )
+        finally:
+            if not isinstance(events, (str, Path)):
+                storage.unregister(_INPUT_VIEW)
+        return problems
+
+    def _problems(self, backfill: Backfill | None) -> list[_Problem]:
+        context = self._context
+        now = context.now()
+        settings = context.settings
+        scope = None
+        timeframe: dict[str, Any] = {}
+        if backfill is not None:
+            if backfill.customer_id is not None or backfill.external_customer_id is not None:
+                scope = customer_scope(backfill.customer_id, backfill.external_customer_id)
+            start = backfill.timeframe_start.astimezone(UTC).replace(tzinfo=None)
+            end = backfill.timeframe_end.astimezone(UTC).replace(tzinfo=None)
+            timeframe = {
+                "timeframe_start": start,
+                "timeframe_end": end,
+                "timeframe_text": f"{backfill.timeframe_start.isoformat()}, "
+                f"{backfill.timeframe_end.isoformat()}",
+            }
+        query = ingest_problems(
+            live=backfill is None and self._live_rules,
+            oldest=now - settings.grace_period,
+            newest=now + settings.future_tolerance,
+            grace=_duration(settings.grace_period),
+            tolerance=_duration(settings.future_tolerance),
+            scope=scope,
+            **timeframe,
+        )
+        rows = context.storage.rows(query)
+        return [_Problem(int(o), k, m) for o, k, m in rows]
+
+    #: False for amendments, which follow the event rules but not the live time window.
+    _live_rules = True
+
+    def _write_live(self, rows: exp.Expression, *, kind: str, count: int) -> int:
+        context = self._context
+        storage = context.storage
+        version = context.next_version()
+        select = bind(
+            "SELECT n.*, CAST(:version AS BIGINT) AS version, CAST(NULL AS VARCHAR) AS backfill_id, "
+            "CAST(:kind AS VARCHAR) AS kind FROM new_events AS n",
+            version=version,
+            kind=kind,
+            ctes={"new_events": rows},
+        )
+        storage.execute(insert_rows(STORED_EVENTS, select))
+        late_deprecations(context, version=version)
+        context.record_commit(version, "ingest" if kind == "event" else kind, events=count)
+        return version
+
+    def _stage(self, backfill: Backfill, rows: exp.Expression, *, count: int) -> None:
+        storage = self._context.storage
+        select = bind(
+            "SELECT CAST(:backfill_id AS VARCHAR) AS backfill_id, n.* FROM new_events AS n",
+            backfill_id=backfill.id,
+            ctes={"new_events": rows},
+        )
+        storage.execute(insert_rows(STAGED_EVENTS, select))
+        storage.execute(
+            bind(
+                "UPDATE lake.main.backfills SET events_ingested = events_ingested + :count "
+                "WHERE id = :id",
+                count=count,
+                id=backfill.id,
+            )
+        )
+
+
+class AmendmentIngestor(Ingestor):
+    """Event rules without the live time window (an amendment keeps its stored timestamp)."""
+
+    _live_rules = False
+
+
+def late_deprecations(context: Context, *, version: int) -> None:
+    """Deprecate the rows just written at ``version`` (live events, amendments) that a reflected
+    filtered replace backfill covers: its filter keeps applying to events that arrive late."""
+    storage = context.storage
+    filtered = storage.rows(
+        bind(
+            "SELECT id, timeframe_start, timeframe_end, customer_id, external_customer_id, "
+            "deprecation_filter FROM lake.main.backfills "
+            "WHERE status = 'reflected' AND replace_existing_events "
+            "AND deprecation_filter IS NOT NULL"
+        )
+    )
+    if not filtered:
+        return
+    written = (
+        exp.select("*")
+        .from_(table_ref(STORED_EVENTS))
+        .where(exp.column("version").eq(exp.convert(version)))
+        .subquery("written")
+    )
+    for backfill_id, start, end, customer_id, external_customer_id, text in filtered:
+        rows = deprecation_rows(
+            backfill_id=backfill_id,
+            source=written,
+            timeframe_start=start,
+            timeframe_end=end,
+            customer_id=customer_id,
+            external_customer_id=external_customer_id,
+            condition=translate_filter(parse_filter(text)),
+            before_version=None,
+        )
+        storage.execute(insert_rows(DEPRECATIONS, rows))
+
+
+def _file_scan(path: Path) -> exp.Expression:
+    if not path.exists():
+        raise ConstraintViolation(f"input file {str(path)!r} does not exist", path=str(path))
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return bind(_READ_JSONL, path=str(path))
+    if suffix == ".parquet":
+        return bind(_READ_PARQUET, path=str(path))
+    if suffix == ".csv":
+        return bind(_READ_CSV, path=str(path))
+    raise ConstraintViolation(
+        f"cannot ingest {str(path)!r}: expected a .jsonl, .parquet or .csv file", path=str(path)
+    )
+
+
+def _rejection(problems: list[_Problem]) -> RequestValidationError:
+    by_key: dict[str, list[str]] = {}
+    for problem in sorted(problems, key=lambda p: p.ordinal):
+        label = problem.idempotency_key or f"(event {problem.ordinal} without idempotency_key)"
+        messages = by_key.setdefault(label, [])
+        if problem.message not in messages:
+            messages.append(problem.message)
+    errors = [{"idempotency_key": k, "validation_errors": v} for k, v in by_key.items()]
+    noun = "event" if len(errors) == 1 else "events"
+    return RequestValidationError(
+        f"{len(errors)} {noun} failed validation; nothing was ingested", validation_errors=errors
+    )

@@ -1,0 +1,97 @@
+"""Frozen value objects returned by the engine. Field names copy Orb's API."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+__all__ = [
+    "Backfill",
+    "BackfillStatus",
+    "Customer",
+    "Event",
+    "IngestResult",
+    "Page",
+    "PropertyValue",
+]
+
+PropertyValue = str | int | float | bool
+T = TypeVar("T")
+
+
+class BackfillStatus(str, enum.Enum):
+    """Lifecycle of a backfill; compares equal to Orb's strings (``status == "pending"``)."""
+
+    PENDING = "pending"
+    REFLECTED = "reflected"
+    PENDING_REVERT = "pending_revert"
+    REVERTED = "reverted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Customer:
+    id: str
+    external_customer_id: str | None
+    name: str | None
+    email: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backfill:
+    """An Orb-style backfill: a staged correction of past usage over ``[timeframe_start,
+    timeframe_end)``. ``close_time`` is the scheduled close while pending and the moment it
+    closed once reflected."""
+
+    id: str
+    status: BackfillStatus
+    created_at: datetime
+    timeframe_start: datetime
+    timeframe_end: datetime
+    events_ingested: int
+    close_time: datetime | None
+    reverted_at: datetime | None
+    customer_id: str | None
+    external_customer_id: str | None
+    replace_existing_events: bool
+    deprecation_filter: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One event as Orb's search returns it: the latest stored version of an idempotency key.
+    ``deprecated`` is true when that version does not count towards usage."""
+
+    id: str
+    event_name: str
+    timestamp: datetime
+    customer_id: str | None
+    external_customer_id: str | None
+    properties: Mapping[str, PropertyValue]
+    deprecated: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestResult:
+    """Idempotency keys written by an ingest call and keys skipped as duplicates."""
+
+    ingested: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page(Generic[T]):
+    """One page of a list, newest first; pass ``next_cursor`` back to get the next one."""
+
+    data: list[T]
+    next_cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None

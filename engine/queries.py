@@ -1,0 +1,465 @@
+"""Pure builders of the engine's statements: each returns a sqlglot tree, nothing runs here.
+
+The canonical queries are written once as SQL text for people to read, parsed by sqlglot at
+import, and bound with :func:`bind`, which replaces ``:name`` placeholders by literal nodes
+(values are converted by sqlglot, so they are quoted and escaped as trees, never pasted).
+Golden renders of these queries live in ``sql/golden`` and tests fail when they drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from engine.schema import CATALOG, STAGED_EVENTS, STORED_EVENTS, Table
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "INT64_MAX",
+    "ORDINAL_COLUMN",
+    "REPEATED_KEYS",
+    "UTC_TIMESTAMP_PATTERN",
+    "all_events",
+    "bind",
+    "create_temp_table",
+    "customer_scope",
+    "deprecation_rows",
+    "effective_events",
+    "ingest_problems",
+    "insert_rows",
+    "latest_rows",
+    "first_copies",
+    "normalized_input",
+    "table_ref",
+    "template",
+]
+
+EVENT_COLUMNS = (
+    "idempotency_key",
+    "event_name",
+    "timestamp",
+    "customer_id",
+    "external_customer_id",
+    "properties",
+)
+
+INT64_MAX = 2**63 - 1
+
+#: Column an input may carry with its 1-based row numbers (added to Arrow inputs).
+ORDINAL_COLUMN = "__ordinal"
+
+#: ISO-8601 with an explicit UTC designator; anything else (no zone, other offsets) is refused.
+UTC_TIMESTAMP_PATTERN = (
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]00(:?00)?)$"
+)
+
+
+@cache
+def template(sql: str) -> exp.Expression:
+    """Parse a fixed SQL text once; callers get a copy to bind."""
+    return sqlglot.parse_one(sql, dialect="duckdb")
+
+
+def bind(sql: str, *, ctes: dict[str, exp.Expression] | None = None, **values: Any) -> exp.Expression:
+    """The tree of ``sql`` with each ``:name`` placeholder replaced by ``values[name]``.
+
+    Values may be Python scalars (converted to literals) or sqlglot expressions. ``ctes``
+    supplies the queries behind table names the template reads (``WITH name AS (...)``).
+
+    >>> bind("SELECT * FROM t WHERE k = :key", key="it's").sql()
+    "SELECT * FROM t WHERE k = 'it''s'"
+    """
+    tree = template(sql).copy()
+    missing = {p.name for p in tree.find_all(exp.Placeholder)} - set(values)
+    if missing:
+        raise KeyError(f"unbound placeholders: {sorted(missing)}")
+    # sqlglot leaves a placeholder bound to None in place; NULL is what None means here.
+    literals = {k: exp.null() if v is None else v for k, v in values.items()}
+    tree = exp.replace_placeholders(tree, **literals)
+    for name, query in (ctes or {}).items():
+        assert isinstance(tree, exp.Select)
+        tree = tree.with_(name, as_=query)
+    return tree
+
+
+def create_temp_table(name: str, query: exp.Expression) -> exp.Create:
+    """``CREATE OR REPLACE TEMP TABLE name AS query``."""
+    return exp.Create(
+        this=exp.to_table(name),
+        kind="TABLE",
+        expression=query,
+        replace=True,
+        properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
+    )
+
+
+def table_ref(table: Table | str, alias: str | None = None) -> exp.Table:
+    name = table if isinstance(table, str) else table.name
+    ref = exp.table_(name, db="main", catalog=CATALOG)
+    return ref.as_(alias) if alias else ref  # type: ignore[return-value]
+
+
+# -- effective events --------------------------------------------------------------------------
+
+# Rule 2 of DESIGN section 2: per key, the newest candidate row; candidates are live rows and
+# rows of reflected backfills. Rule 3 (deprecations) is applied by effective_events.
+_LATEST = """
+SELECT s.*
+FROM lake.main.stored_events AS s
+WHERE (s.backfill_id IS NULL
+       OR s.backfill_id IN (SELECT b.id FROM lake.main.backfills AS b WHERE b.status = 'reflected'))
+  AND :key_restriction
+QUALIFY row_number() OVER (PARTITION BY s.idempotency_key ORDER BY s.version DESC) = 1
+"""
+
+_EFFECTIVE = """
+SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, l.external_customer_id,
+       l.properties, l.version, l.backfill_id
+FROM latest AS l
+WHERE l.kind <> 'tombstone'
+  AND NOT EXISTS (
+    SELECT 1
+    FROM lake.main.deprecations AS d
+    JOIN lake.main.backfills AS b ON b.id = d.backfill_id AND b.status = 'reflected'
+    WHERE d.idempotency_key = l.idempotency_key AND d.version = l.version)
+  AND :row_restriction
+"""
+
+
+def customer_scope(
+    customer_id: str | None, external_customer_id: str | None, *, table: str | None = None
+) -> exp.Expression:
+    """Rows that belong to a customer known by its id, its external id, or both.
+
+    An event names its customer by exactly one of the two ids, so a row matches when either
+    id matches. A missing id compares as NULL and matches nothing.
+    """
+    conditions: list[exp.Expression] = []
+    if customer_id is not None:
+        conditions.append(exp.column("customer_id", table=table).eq(exp.convert(customer_id)))
+    if external_customer_id is not None:
+        conditions.append(
+            exp.column("external_customer_id", table=table).eq(exp.convert(external_customer_id))
+        )
+    if not conditions:
+        return exp.false()
+    return exp.or_(*conditions) if len(conditions) > 1 else exp.paren(conditions[0])
+
+
+def _in_timeframe(
+    start: datetime | None, end: datetime | None, *, table: str | None
+) -> list[exp.Expression]:
+    ts = exp.column("timestamp", table=table)
+    conditions: list[exp.Expression] = []
+    if start is not None:
+        conditions.append(ts >= exp.convert(start))
+    if end is not None:
+        conditions.append(ts < exp.convert(end))
+    return conditions
+
+
+def latest_rows(*, keys: exp.Expression | None = None) -> exp.Expression:
+    """Per idempotency key, the newest candidate row (all columns of ``stored_events``)."""
+    restriction = (
+        exp.column("idempotency_key", table="s").isin(query=keys) if keys is not None else exp.true()
+    )
+    return bind(_LATEST, key_restriction=restriction)
+
+
+def effective_events(
+    *,
+    timeframe_start: datetime | None = None,
+    timeframe_end: datetime | None = None,
+    customer_id: str | None = None,
+    external_customer_id: str | None = None,
+) -> exp.Expression:
+    """The effective events, optionally restricted to a timeframe and a customer.
+
+    A restriction narrows the keys considered first (so DuckLake prunes day partitions), then
+    applies to the winning rows: a newer version of a key may have moved to another time.
+    """
+    row_conditions = _in_timeframe(timeframe_start, timeframe_end, table="l")
+    key_conditions = _in_timeframe(timeframe_start, timeframe_end, table=None)
+    if customer_id is not None or external_customer_id is not None:
+        row_conditions.append(customer_scope(customer_id, external_customer_id, table="l"))
+    keys = None
+    if key_conditions:
+        keys = (
+            exp.select("idempotency_key")
+            .from_(table_ref(STORED_EVENTS))
+            .where(exp.and_(*key_conditions))
+        )
+    return bind(
+        _EFFECTIVE,
+        ctes={"latest": latest_rows(keys=keys)},
+        row_restriction=exp.and_(*row_conditions) if row_conditions else exp.true(),
+    )
+
+
+_ALL_EVENTS = """
+SELECT s.idempotency_key, s.event_name, s."timestamp", s.customer_id, s.external_customer_id,
+       s.properties, s.version, s.backfill_id, s.kind,
+       CASE WHEN s.backfill_id IS NULL THEN 'live' ELSE 'backfill' END AS source,
+       e.idempotency_key IS NOT NULL AS effective
+FROM lake.main.stored_events AS s
+LEFT JOIN effective AS e ON e.idempotency_key = s.idempotency_key AND e.version = s.version
+"""
+
+
+def all_events() -> exp.Expression:
+    """Every stored row with its source, version, kind and whether it is effective now."""
+    return bind(_ALL_EVENTS, ctes={"effective": effective_events()})
+
+
+# -- deprecation -------------------------------------------------------------------------------
+
+
+def deprecation_rows(
+    *,
+    backfill_id: str,
+    source: exp.Expression,
+    timeframe_start: datetime,
+    timeframe_end: datetime,
+    customer_id: str | None,
+    external_customer_id: str | None,
+    condition: exp.Expression | None,
+    before_version: int | None,
+) -> exp.Select:
+    """``(backfill_id, idempotency_key, version)`` of the rows in ``source`` that the backfill
+    deprecates: in its timeframe, in its customer scope, matching its filter and older than its
+    close (``before_version``; ``None`` for late live rows, which are all newer)."""
+    conditions = _in_timeframe(timeframe_start, timeframe_end, table=None)
+    if customer_id is not None or external_customer_id is not None:
+        conditions.append(customer_scope(customer_id, external_customer_id))
+    if condition is not None:
+        conditions.append(exp.paren(condition))
+    if before_version is not None:
+        conditions.append(exp.column("version") < exp.convert(before_version))
+    return (
+        exp.select(
+            exp.alias_(exp.convert(backfill_id), "backfill_id"), "idempotency_key", "version"
+        )
+        .from_(source)
+        .where(exp.and_(*conditions))
+    )
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+
+def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
+    """Rows of an input (an Arrow table, Parquet or JSONL scan) in the engine's shape.
+
+    Output columns: ``ordinal`` (1-based input row), the six event columns (``timestamp``
+    parsed to UTC or NULL when it is not a UTC time) and ``timestamp_text`` (the raw value,
+    for error messages). Missing input columns become NULL so validation can name them.
+    """
+
+    def col(name: str) -> exp.Expression:
+        return exp.column(name, quoted=True) if name in column_types else exp.null()
+
+    def text(name: str) -> exp.Expression:
+        return exp.cast(col(name), "VARCHAR")
+
+    ts_type = column_types.get("timestamp", "")
+    if ts_type.startswith("TIMESTAMP WITH TIME ZONE"):
+        timestamp: exp.Expression = exp.cast(col("timestamp"), "TIMESTAMP")
+    elif ts_type in ("VARCHAR", "JSON", ""):
+        raw = text("timestamp")
+        timestamp = exp.If(
+            this=exp.RegexpLike(this=raw, expression=exp.Literal.string(UTC_TIMESTAMP_PATTERN)),
+            true=exp.cast(exp.TryCast(this=raw, to=exp.DataType.build("TIMESTAMPTZ")), "TIMESTAMP"),
+        )
+    else:  # naive timestamps and other types carry no zone: refused by validation
+        timestamp = exp.null()
+
+    props_type = column_types.get("properties", "")
+    properties: exp.Expression
+    if props_type.startswith(("STRUCT", "MAP")):
+        # A struct column has every key on every row; NULL members mean "absent".
+        properties = exp.func(
+            "json_merge_patch", exp.Literal.string("{}"), exp.func("to_json", col("properties"))
+        )
+    else:
+        properties = text("properties")
+
+    # Arrow inputs arrive with their row numbers; a window would serialize the scan.
+    ordinal: exp.Expression = (
+        exp.column(ORDINAL_COLUMN, quoted=True)
+        if ORDINAL_COLUMN in column_types
+        else exp.Window(this=exp.func("row_number"))
+    )
+    return exp.select(
+        exp.alias_(ordinal, "ordinal"),
+        exp.alias_(text("idempotency_key"), "idempotency_key"),
+        exp.alias_(text("event_name"), "event_name"),
+        exp.alias_(timestamp, "timestamp"),
+        exp.alias_(text("customer_id"), "customer_id"),
+        exp.alias_(text("external_customer_id"), "external_customer_id"),
+        exp.alias_(exp.cast(properties, "VARCHAR"), "properties"),
+        exp.alias_(text("timestamp"), "timestamp_text"),
+    ).from_(exp.to_table(source))
+
+
+# One row per (input row, problem). `incoming` is the normalized input and `repeated_keys`
+# its keys that occur more than once (see REPEATED_KEYS); context values are bound per call.
+# Property problems come from json_each over each row's properties.
+REPEATED_KEYS = """
+SELECT idempotency_key, count(*) AS copies
+FROM incoming
+WHERE idempotency_key IS NOT NULL
+GROUP BY idempotency_key
+HAVING count(*) > 1
+"""
+
+_INGEST_PROBLEMS = """
+WITH checked AS (
+  SELECT i.ordinal, i.idempotency_key,
+    [CASE WHEN i.idempotency_key IS NULL OR i.idempotency_key = ''
+          THEN 'idempotency_key is required' END,
+     CASE WHEN i.event_name IS NULL OR i.event_name = '' THEN 'event_name is required' END,
+     CASE WHEN i.timestamp_text IS NULL THEN 'timestamp is required'
+          WHEN i."timestamp" IS NULL
+          THEN 'timestamp ''' || i.timestamp_text
+               || ''' is not an ISO-8601 time in UTC (for example 2020-12-09T16:09:53Z)' END,
+     CASE WHEN i.customer_id IS NOT NULL AND i.external_customer_id IS NOT NULL
+          THEN 'give exactly one of customer_id and external_customer_id, not both'
+          WHEN i.customer_id IS NULL AND i.external_customer_id IS NULL
+          THEN 'one of customer_id and external_customer_id is required' END,
+     CASE WHEN i.customer_id IS NOT NULL AND c.id IS NULL
+          THEN 'customer_id ''' || i.customer_id || ''' does not exist' END,
+     CASE WHEN i.properties IS NULL THEN 'properties is required'
+          WHEN NOT json_valid(i.properties) OR json_type(i.properties) <> 'OBJECT'
+          THEN 'properties must be a JSON object of string, number or boolean values' END,
+     CASE WHEN :live AND i."timestamp" < :oldest
+          THEN 'timestamp ' || strftime(i."timestamp", '%Y-%m-%dT%H:%M:%S.%fZ')
+               || ' is older than the grace period (' || :grace || '); '
+               || 'use a backfill to ingest past events' END,
+     CASE WHEN :live AND i."timestamp" > :newest
+          THEN 'timestamp ' || strftime(i."timestamp", '%Y-%m-%dT%H:%M:%S.%fZ')
+               || ' is too far in the future (at most ' || :tolerance || ' ahead)' END,
+     CASE WHEN NOT :live AND (i."timestamp" < :timeframe_start OR i."timestamp" >= :timeframe_end)
+          THEN 'timestamp ' || strftime(i."timestamp", '%Y-%m-%dT%H:%M:%S.%fZ')
+               || ' is outside the backfill timeframe [' || :timeframe_text || ')' END,
+     CASE WHEN NOT :live AND :scoped AND NOT coalesce(:scope, FALSE)
+          THEN 'event does not belong to the backfill''s customer' END
+    ] AS problems
+  FROM incoming AS i
+  LEFT JOIN lake.main.customers AS c ON c.id = i.customer_id
+),
+property_problems AS (
+  SELECT i.ordinal, i.idempotency_key,
+    CASE WHEN p.type IN ('OBJECT', 'ARRAY')
+         THEN 'property ''' || p.key || ''' must be a string, number or boolean (no nesting)'
+         WHEN p.type = 'NULL'
+         THEN 'property ''' || p.key || ''' is null; leave it out instead'
+         WHEN p.type = 'DOUBLE' AND regexp_full_match(CAST(p.atom AS VARCHAR), '-?[0-9]+')
+         THEN 'property ''' || p.key || ''' is an integer outside the int64 range'
+         WHEN p.type = 'UBIGINT' AND TRY_CAST(p.atom AS UBIGINT) > :int64_max
+         THEN 'property ''' || p.key || ''' is an integer outside the int64 range'
+         WHEN p.type = 'DOUBLE' AND NOT isfinite(TRY_CAST(CAST(p.atom AS VARCHAR) AS DOUBLE))
+         THEN 'property ''' || p.key || ''' must be a finite number'
+    END AS problem
+  FROM incoming AS i, json_each(i.properties) AS p
+  WHERE json_valid(i.properties) AND json_type(i.properties) = 'OBJECT'
+),
+conflicting_keys AS (
+  SELECT r.idempotency_key, any_value(r.copies) AS copies
+  FROM incoming AS i JOIN repeated_keys AS r USING (idempotency_key)
+  GROUP BY r.idempotency_key
+  HAVING count(DISTINCT (i.event_name, i."timestamp", i.customer_id, i.external_customer_id,
+                         i.properties)) > 1
+)
+SELECT ordinal, idempotency_key, problem FROM (
+  SELECT ordinal, idempotency_key, unnest(list_filter(problems, x -> x IS NOT NULL)) AS problem
+  FROM checked
+  UNION ALL
+  SELECT ordinal, idempotency_key, problem FROM property_problems WHERE problem IS NOT NULL
+  UNION ALL
+  SELECT min(i.ordinal), i.idempotency_key,
+         'idempotency_key appears ' || any_value(k.copies)
+         || ' times in this batch with different bodies'
+  FROM incoming AS i JOIN conflicting_keys AS k USING (idempotency_key)
+  GROUP BY i.idempotency_key
+)
+ORDER BY ordinal, problem
+"""
+
+
+def ingest_problems(
+    *,
+    live: bool,
+    oldest: datetime,
+    newest: datetime,
+    grace: str,
+    tolerance: str,
+    timeframe_start: datetime | None = None,
+    timeframe_end: datetime | None = None,
+    timeframe_text: str = "",
+    scope: exp.Expression | None = None,
+) -> exp.Expression:
+    """Every problem of the rows in ``incoming``: ``(ordinal, idempotency_key, problem)``."""
+    return bind(
+        _INGEST_PROBLEMS,
+        live=live,
+        oldest=oldest,
+        newest=newest,
+        grace=grace,
+        tolerance=tolerance,
+        timeframe_start=timeframe_start,
+        timeframe_end=timeframe_end,
+        timeframe_text=timeframe_text,
+        scoped=scope is not None,
+        scope=_qualify(scope, "i") if scope is not None else exp.null(),
+        int64_max=INT64_MAX,
+    )
+
+
+def _qualify(tree: exp.Expression, table: str) -> exp.Expression:
+    tree = tree.copy()
+    for column in tree.find_all(exp.Column):
+        if not column.table:
+            column.set("table", exp.to_identifier(table))
+    return tree
+
+
+# First copy of each key in the batch, flagged when the key is already known (a live row for
+# a live batch, a staged row of this backfill for a backfill batch).
+_FIRST_COPIES = """
+SELECT i.ordinal, i.idempotency_key, i.event_name, i."timestamp", i.customer_id,
+       i.external_customer_id, CAST(i.properties AS JSON) AS properties,
+       EXISTS (SELECT 1 FROM known AS k WHERE k.idempotency_key = i.idempotency_key) AS duplicate
+FROM incoming AS i
+WHERE :all_keys_distinct
+   OR i.ordinal IN (SELECT min(ordinal) FROM incoming GROUP BY idempotency_key)
+"""
+
+
+def first_copies(*, backfill_id: str | None, all_keys_distinct: bool) -> exp.Expression:
+    """Rows of ``incoming`` to consider for writing, one per key, with a ``duplicate`` flag."""
+    if backfill_id is None:
+        known = (
+            exp.select("idempotency_key")
+            .from_(table_ref(STORED_EVENTS))
+            .where(exp.column("backfill_id").is_(exp.null()))
+        )
+    else:
+        known = (
+            exp.select("idempotency_key")
+            .from_(table_ref(STAGED_EVENTS))
+            .where(exp.column("backfill_id").eq(exp.convert(backfill_id)))
+        )
+    return bind(_FIRST_COPIES, ctes={"known": known}, all_keys_distinct=all_keys_distinct)
+
+
+def insert_rows(table: Table, select: exp.Expression, columns: Sequence[str] | None = None) -> exp.Insert:
+    """``INSERT INTO lake.main.<table> (<columns>) <select>``."""
+    target: exp.Expression = table_ref(table)
+    names = columns if columns is not None else table.column_names
+    target = exp.Schema(this=target, expressions=[exp.to_identifier(n) for n in names])
+    return exp.insert(select, target)

@@ -1,0 +1,131 @@
+"""The tables of a store, as data: names, columns and partitioning.
+
+`sql/ddl.sql` renders these for people to read (a test keeps it in sync); the storage layer
+creates them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CATALOG", "TABLES", "Column", "Table", "table"]
+
+#: Name under which the DuckLake catalog is attached in every connection.
+CATALOG = "lake"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    #: DuckLake partition transforms, e.g. ``("year(timestamp)", ...)``.
+    partitioned_by: tuple[str, ...] = ()
+
+    @property
+    def column_names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+
+def _columns(*pairs: tuple[str, str]) -> tuple[Column, ...]:
+    return tuple(Column(name, type_) for name, type_ in pairs)
+
+
+_EVENT_BODY = (
+    ("idempotency_key", "VARCHAR"),
+    ("event_name", "VARCHAR"),
+    # UTC instants stored without a zone: the whole engine speaks UTC.
+    ("timestamp", "TIMESTAMP"),
+    ("customer_id", "VARCHAR"),
+    ("external_customer_id", "VARCHAR"),
+    # A JSON object of string / number / boolean values.
+    ("properties", "JSON"),
+)
+
+STORED_EVENTS = Table(
+    "stored_events",
+    _columns(
+        *_EVENT_BODY,
+        # The commit that wrote the row; strictly increasing across commits.
+        ("version", "BIGINT"),
+        # NULL for live ingest (and amendments, tombstones); else the backfill it came in.
+        ("backfill_id", "VARCHAR"),
+        # 'event', 'amendment' or 'tombstone' (a single-event deprecation).
+        ("kind", "VARCHAR"),
+    ),
+    partitioned_by=("year(timestamp)", "month(timestamp)", "day(timestamp)"),
+)
+
+STAGED_EVENTS = Table("staged_events", _columns(("backfill_id", "VARCHAR"), *_EVENT_BODY))
+
+DEPRECATIONS = Table(
+    "deprecations",
+    _columns(("backfill_id", "VARCHAR"), ("idempotency_key", "VARCHAR"), ("version", "BIGINT")),
+)
+
+BACKFILLS = Table(
+    "backfills",
+    _columns(
+        ("id", "VARCHAR"),
+        ("status", "VARCHAR"),
+        ("created_at", "TIMESTAMP"),
+        ("timeframe_start", "TIMESTAMP"),
+        ("timeframe_end", "TIMESTAMP"),
+        ("events_ingested", "BIGINT"),
+        ("close_time", "TIMESTAMP"),
+        ("reverted_at", "TIMESTAMP"),
+        ("customer_id", "VARCHAR"),
+        ("external_customer_id", "VARCHAR"),
+        ("replace_existing_events", "BOOLEAN"),
+        ("deprecation_filter", "VARCHAR"),
+        # Orders backfills newest first, stable for cursors.
+        ("sequence", "BIGINT"),
+        ("close_version", "BIGINT"),
+        ("revert_version", "BIGINT"),
+    ),
+)
+
+CUSTOMERS = Table(
+    "customers",
+    _columns(
+        ("id", "VARCHAR"),
+        ("external_customer_id", "VARCHAR"),
+        ("name", "VARCHAR"),
+        ("email", "VARCHAR"),
+        ("created_at", "TIMESTAMP"),
+    ),
+)
+
+#: One row per commit that changed usage: the version log.
+COMMITS = Table(
+    "commits",
+    _columns(
+        ("version", "BIGINT"),
+        ("operation", "VARCHAR"),
+        ("backfill_id", "VARCHAR"),
+        ("committed_at", "TIMESTAMP"),
+        ("events_written", "BIGINT"),
+    ),
+)
+
+TABLES: tuple[Table, ...] = (
+    STORED_EVENTS,
+    STAGED_EVENTS,
+    DEPRECATIONS,
+    BACKFILLS,
+    CUSTOMERS,
+    COMMITS,
+)
+
+
+def table(name: str) -> Table:
+    """The table definition called ``name``."""
+    for candidate in TABLES:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)

@@ -1,0 +1,223 @@
+"""The only module that talks to DuckDB and to files on disk.
+
+A store is a folder::
+
+    store/
+      catalog.sqlite   DuckLake catalog (SQLite): snapshots, schemas, file lists
+      data/            Parquet files written by DuckLake, events partitioned by day
+      tmp/             DuckDB spill space for large ingests
+      write.lock       held while a process writes, so writers from several processes queue
+
+Every statement arrives here as a sqlglot tree and is rendered by :func:`render`, in one
+place. Readers need no lock: DuckLake gives each query (or read transaction) a consistent
+snapshot, so a notebook can read while a server writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import duckdb_extension_ducklake
+import duckdb_extension_sqlite_scanner
+import pyarrow as pa
+from sqlglot import exp
+
+from engine.schema import CATALOG, TABLES, Table
+
+__all__ = ["Relation", "Storage", "render"]
+
+Relation = duckdb.DuckDBPyRelation
+
+_DIALECT = "duckdb"
+
+
+def render(tree: exp.Expression) -> str:
+    """The one function that turns a statement tree into DuckDB SQL text."""
+    return tree.sql(dialect=_DIALECT)
+
+
+def _extension_file(module: Any, name: str) -> Path:
+    # The wheels ship the signed binary inside the package; loading it from there means no
+    # download at run time (the extension must match DuckDB's version, pinned together).
+    root = Path(module.__file__).parent / "extensions"
+    return root / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+
+
+def _table_ddl(table: Table) -> exp.Create:
+    schema = exp.Schema(
+        this=exp.table_(table.name, db="main", catalog=CATALOG),
+        expressions=[
+            exp.ColumnDef(
+                this=exp.to_identifier(column.name),
+                kind=exp.DataType.build(column.type, dialect=_DIALECT),
+            )
+            for column in table.columns
+        ],
+    )
+    return exp.Create(this=schema, kind="TABLE", exists=True)
+
+
+def _partition_ddl(table: Table) -> exp.Command:
+    # sqlglot has no node for DuckLake's SET PARTITIONED BY, so the statement is a Command
+    # whose parts are themselves rendered trees from the schema module.
+    name = render(exp.table_(table.name, db="main", catalog=CATALOG))
+    keys = ", ".join(
+        render(exp.maybe_parse(key, dialect=_DIALECT)) for key in table.partitioned_by
+    )
+    return exp.Command(this="ALTER", expression=f"TABLE {name} SET PARTITIONED BY ({keys})")
+
+
+class Storage:
+    """A DuckDB connection with the store's DuckLake catalog attached as ``lake``."""
+
+    def __init__(self, path: Path, *, memory_limit: str | None = None) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "data").mkdir(exist_ok=True)
+        (path / "tmp").mkdir(exist_ok=True)
+        config: dict[str, Any] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "temp_directory": str(path / "tmp"),
+        }
+        if memory_limit:
+            config["memory_limit"] = memory_limit
+        self._connection = duckdb.connect(config=config)
+        # One DuckDB connection is not safe to use from two threads at once.
+        self._mutex = threading.RLock()
+        self._lock_file = open(path / "write.lock", "a+")  # noqa: SIM115 - held for the store's life
+        self._write_depth = 0
+        for module, name in (
+            (duckdb_extension_ducklake, "ducklake"),
+            (duckdb_extension_sqlite_scanner, "sqlite_scanner"),
+        ):
+            self._connection.execute(
+                render(exp.Command(this="LOAD", expression=render(exp.Literal.string(str(_extension_file(module, name))))))
+            )
+        # Instants are stored as UTC; casts from zoned text must convert to UTC too.
+        self._connection.execute(render(exp.Set(expressions=[exp.SetItem(this=exp.EQ(
+            this=exp.var("TimeZone"), expression=exp.Literal.string("UTC")))])))
+        attach = exp.Attach(
+            this=exp.alias_(
+                exp.Literal.string(f"ducklake:sqlite:{path / 'catalog.sqlite'}"), CATALOG
+            ),
+            expressions=[
+                exp.AttachOption(
+                    this=exp.var("DATA_PATH"),
+                    expression=exp.Literal.string(str(path / "data") + os.sep),
+                )
+            ],
+        )
+        self._connection.execute(render(attach))
+        if not self._initialized():
+            with self.write():
+                for table in TABLES:
+                    self.execute(_table_ddl(table))
+                    if table.partitioned_by:
+                        self.execute(_partition_ddl(table))
+
+    # -- statements ---------------------------------------------------------------------------
+
+    def execute(self, tree: exp.Expression, parameters: Sequence[Any] | None = None) -> None:
+        with self._mutex:
+            self._connection.execute(render(tree), parameters)
+
+    def rows(self, tree: exp.Expression, parameters: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._mutex:
+            return self._connection.execute(render(tree), parameters).fetchall()
+
+    def one(self, tree: exp.Expression) -> tuple[Any, ...] | None:
+        with self._mutex:
+            return self._connection.execute(render(tree)).fetchone()
+
+    def arrow(self, tree: exp.Expression) -> pa.Table:
+        with self._mutex:
+            return self._connection.execute(render(tree)).fetch_arrow_table()
+
+    def column_types(self, tree: exp.Expression) -> dict[str, str]:
+        """Names and DuckDB types of the columns ``tree`` would return, without running it."""
+        with self._mutex:
+            relation = self._connection.sql(render(tree))
+            return {name: str(type_) for name, type_ in zip(relation.columns, relation.types)}
+
+    def relation(self, sql: str) -> Relation:
+        """A lazy DuckDB relation for exploration SQL that the caller has already checked."""
+        with self._mutex:
+            return self._connection.sql(sql)
+
+    # -- temporary inputs ---------------------------------------------------------------------
+
+    def register(self, name: str, data: Any) -> None:
+        """Expose an Arrow table (or anything DuckDB can scan) as view ``name``."""
+        with self._mutex:
+            self._connection.register(name, data)
+
+    def unregister(self, name: str) -> None:
+        with self._mutex:
+            self._connection.unregister(name)
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """One atomic commit. Writers from other processes wait on the store's lock file.
+
+        Nested uses join the outer transaction.
+        """
+        with self._mutex:
+            if self._write_depth:
+                self._write_depth += 1
+                try:
+                    yield
+                finally:
+                    self._write_depth -= 1
+                return
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            self._write_depth = 1
+            try:
+                self._connection.execute("BEGIN TRANSACTION")
+                try:
+                    yield
+                except BaseException:
+                    self._connection.execute("ROLLBACK")
+                    raise
+                self._connection.execute("COMMIT")
+            finally:
+                self._write_depth = 0
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        """Several queries against one snapshot."""
+        with self._mutex:
+            if self._write_depth:
+                yield
+                return
+            self._connection.execute("BEGIN TRANSACTION")
+            try:
+                yield
+            finally:
+                self._connection.execute("ROLLBACK")
+
+    def close(self) -> None:
+        with self._mutex:
+            self._connection.close()
+            self._lock_file.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _initialized(self) -> bool:
+        probe = (
+            exp.select(exp.func("count", exp.Star()))
+            .from_("duckdb_tables()")
+            .where(exp.column("database_name").eq(exp.Literal.string(CATALOG)))
+        )
+        found = self.one(probe)
+        return bool(found and found[0])

@@ -1,0 +1,139 @@
+"""The ``Store`` facade: one object for a store folder, with namespaces per resource."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from engine.backfills import Backfills
+from engine.context import Clock, Context, Settings, system_clock
+from engine.customers import Customers
+from engine.errors import ConstraintViolation
+from engine.events import Events
+from engine.ingest import Ingestor
+from engine.models import IngestResult
+from engine.queries import all_events, effective_events, table_ref
+from engine.schema import BACKFILLS, CUSTOMERS
+from engine.storage import Relation, Storage
+
+__all__ = ["Store", "open"]
+
+_READ_STATEMENTS = (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Describe)
+
+
+class Store:
+    """An open store. Use as a context manager, or call :meth:`close`.
+
+    >>> import engine
+    >>> with engine.open("data/store") as store:  # doctest: +SKIP
+    ...     store.customers.create(external_customer_id="acme")
+    """
+
+    def __init__(self, storage: Storage, context: Context) -> None:
+        self._storage = storage
+        self._context = context
+        self.customers = Customers(context)
+        self._ingestor = Ingestor(context)
+        self.backfills = Backfills(context, self.customers, self._ingestor)
+        self.events = Events(context)
+        self._create_views()
+        self.backfills.recover()
+
+    @property
+    def path(self) -> Path:
+        return self._storage.path
+
+    def ingest(self, events: Any, *, backfill_id: str | None = None) -> IngestResult:
+        """Ingest a batch, all or nothing.
+
+        ``events`` is a list of Orb-shaped dicts, a pyarrow Table, a Polars DataFrame, or a
+        path to a ``.jsonl`` / ``.parquet`` / ``.csv`` file. Without ``backfill_id`` the batch
+        is live (one commit, visible at once); with it, the events are staged in that pending
+        backfill until it closes. Keys seen before are reported in ``duplicates``.
+
+        >>> store.ingest([{"idempotency_key": "k1", "event_name": "api_call",  # doctest: +SKIP
+        ...     "timestamp": "2026-12-04T10:00:00Z", "external_customer_id": "acme",
+        ...     "properties": {"tokens": 12}}])
+        IngestResult(ingested=['k1'], duplicates=[])
+        """
+        if backfill_id is not None:
+            return self.backfills.ingest(backfill_id, events)
+        with self._storage.write():
+            return self._ingestor.ingest(events, backfill=None)
+
+    def sql(self, query: str) -> Relation:
+        """Explore the store with DuckDB SQL (read only) over the views ``events`` (effective
+        events), ``all_events`` (every stored version with source, version and ``effective``),
+        ``backfills`` and ``customers``.
+
+        >>> store.sql("SELECT event_name, count(*) FROM events GROUP BY 1").pl()  # doctest: +SKIP
+        """
+        try:
+            statements = [s for s in sqlglot.parse(query, dialect="duckdb") if s is not None]
+        except sqlglot.errors.ParseError as error:
+            raise ConstraintViolation(f"query does not parse: {error}") from None
+        if len(statements) != 1 or not isinstance(statements[0], _READ_STATEMENTS):
+            raise ConstraintViolation("store.sql runs exactly one read-only query (SELECT ...)")
+        return self._storage.relation(query)
+
+    def close(self) -> None:
+        """Release the store's connection and files."""
+        self._storage.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _create_views(self) -> None:
+        views = {
+            "events": effective_events(),
+            "all_events": all_events(),
+            "backfills": exp.select("*").from_(table_ref(BACKFILLS)),
+            "customers": exp.select("*").from_(table_ref(CUSTOMERS)),
+        }
+        for name, query in views.items():
+            self._storage.execute(
+                exp.Create(
+                    this=exp.to_table(name),
+                    kind="VIEW",
+                    expression=query,
+                    replace=True,
+                    properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
+                )
+            )
+
+
+def open(  # noqa: A001 - mirrors the builtin on purpose: engine.open(path)
+    path: str | Path,
+    *,
+    clock: Clock | None = None,
+    grace_period: timedelta = timedelta(hours=12),
+    future_tolerance: timedelta = timedelta(minutes=5),
+    max_backfill_duration: timedelta = timedelta(days=31),
+    memory_limit: str | None = None,
+) -> Store:
+    """Open the store at ``path``, creating it if missing.
+
+    ``clock`` returns the current aware UTC time (inject one in tests). Other processes may
+    open the same path: readers see consistent snapshots while one process writes.
+    """
+    settings = Settings(
+        grace_period=grace_period,
+        future_tolerance=future_tolerance,
+        max_backfill_duration=max_backfill_duration,
+    )
+    storage = Storage(Path(path), memory_limit=memory_limit)
+    context = Context(storage=storage, clock=clock or system_clock, settings=settings)
+    return Store(storage, context)

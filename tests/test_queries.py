@@ -1,0 +1,98 @@
+"""Golden renders of the canonical statements (``sql/``); ``pytest --update-golden`` rewrites
+them after an intended change, and the diff shows in review."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from engine import queries
+from engine.schema import STORED_EVENTS, TABLES
+from engine.storage import _partition_ddl, _table_ddl, render
+
+SQL = Path(__file__).resolve().parents[1] / "sql"
+
+START = datetime(2026, 11, 1)
+END = datetime(2026, 11, 2)
+
+
+def _pretty(tree: exp.Expression) -> str:
+    return tree.sql(dialect="duckdb", pretty=True) + ";\n"
+
+
+CANONICAL: dict[str, Callable[[], exp.Expression]] = {
+    "effective_events": lambda: queries.effective_events(),
+    "effective_events_one_customer_one_day": lambda: queries.effective_events(
+        timeframe_start=START, timeframe_end=END, external_customer_id="acme"
+    ),
+    "all_events": queries.all_events,
+    "close_deprecations_scoped": lambda: queries.deprecation_rows(
+        backfill_id="bf_1",
+        source=queries.table_ref(STORED_EVENTS),
+        timeframe_start=START,
+        timeframe_end=END,
+        customer_id="cus_1",
+        external_customer_id="acme",
+        condition=sqlglot.parse_one("json_extract_string(properties, '$.model') = 'gpt-4'"),
+        before_version=42,
+    ),
+    "close_deprecations_account_wide": lambda: queries.deprecation_rows(
+        backfill_id="bf_2",
+        source=queries.table_ref(STORED_EVENTS),
+        timeframe_start=START,
+        timeframe_end=END,
+        customer_id=None,
+        external_customer_id=None,
+        condition=None,
+        before_version=42,
+    ),
+    "ingest_problems_live": lambda: queries.ingest_problems(
+        live=True, oldest=START, newest=END, grace="12 h", tolerance="5 min"
+    ),
+    "ingest_first_copies_live": lambda: queries.first_copies(
+        backfill_id=None, all_keys_distinct=True
+    ),
+    "ingest_first_copies_backfill": lambda: queries.first_copies(
+        backfill_id="bf_1", all_keys_distinct=False
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CANONICAL))
+def test_canonical_query_matches_golden(name: str, update_golden: bool) -> None:
+    rendered = _pretty(CANONICAL[name]())
+    path = SQL / "golden" / f"{name}.sql"
+    if update_golden:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rendered)
+    assert path.exists(), f"{path} is missing; run pytest --update-golden"
+    assert rendered == path.read_text(), f"{path.name} drifted; run pytest --update-golden"
+
+
+def test_ddl_file_matches_schema(update_golden: bool) -> None:
+    statements = []
+    for table in TABLES:
+        statements.append(_pretty(_table_ddl(table)))
+        if table.partitioned_by:
+            statements.append(render(_partition_ddl(table)) + ";\n")
+    rendered = "-- Tables of a store (rendered from engine/schema.py; do not edit by hand).\n\n"
+    rendered += "\n".join(statements)
+    path = SQL / "ddl.sql"
+    if update_golden:
+        path.write_text(rendered)
+    assert rendered == path.read_text(), "sql/ddl.sql drifted; run pytest --update-golden"
+
+
+def test_bind_refuses_unbound_placeholders() -> None:
+    with pytest.raises(KeyError, match="missing"):
+        queries.bind("SELECT * FROM t WHERE a = :missing")
+
+
+def test_bind_quotes_values_as_literals() -> None:
+    tree = queries.bind("SELECT * FROM t WHERE k = :key", key="x' OR '1'='1")
+    assert tree.sql(dialect="duckdb") == "SELECT * FROM t WHERE k = 'x'' OR ''1''=''1'"
