@@ -14,7 +14,7 @@ from engine.errors import (
     ResourceConflict,
     ResourceNotFound,
 )
-from engine.models import Backfill, BackfillStatus, Customer, Event, IngestResult, Page
+from engine.models import Backfill, BackfillStatus, Customer, Event, IngestResult, Metric, Page
 from engine.store import Store, open
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "EngineError",
     "Event",
     "IngestResult",
+    "Metric",
     "Page",
     "RequestValidationError",
     "ResourceConflict",

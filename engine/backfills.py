@@ -22,6 +22,7 @@ from engine.ingest import Ingestor
 from engine.models import Backfill, BackfillStatus, IngestResult, Page
 from engine.queries import bind, deprecation_rows, insert_rows, table_ref
 from engine.schema import BACKFILLS, DEPRECATIONS, STORED_EVENTS
+from engine.usage import Usage
 
 __all__ = ["Backfills"]
 
@@ -56,6 +57,13 @@ def _backfill(row: tuple[Any, ...]) -> Backfill:
     return Backfill(**values)
 
 
+def _timeframe(backfill: Backfill) -> tuple[datetime, datetime]:
+    return (
+        as_utc(backfill.timeframe_start, field="timeframe_start"),
+        as_utc(backfill.timeframe_end, field="timeframe_end"),
+    )
+
+
 def _encode_cursor(sequence: int) -> str:
     return base64.urlsafe_b64encode(f"backfill:{sequence}".encode()).decode()
 
@@ -73,10 +81,13 @@ def _decode_cursor(cursor: str) -> int:
 class Backfills:
     """``store.backfills``: the whole lifecycle of Orb-style backfills."""
 
-    def __init__(self, context: Context, customers: Customers, ingestor: Ingestor) -> None:
+    def __init__(
+        self, context: Context, customers: Customers, ingestor: Ingestor, usage: Usage
+    ) -> None:
         self._context = context
         self._customers = customers
         self._ingestor = ingestor
+        self._usage = usage
 
     # -- create -------------------------------------------------------------------------------
 
@@ -334,6 +345,7 @@ class Backfills:
                     id=backfill.id,
                 )
             )
+            self._usage.refresh_changed(backfill_id=backfill.id, timeframe=_timeframe(backfill))
             context.record_commit(
                 version, "close", backfill_id=backfill.id, events=backfill.events_ingested
             )
@@ -399,6 +411,9 @@ class Backfills:
                         version=version,
                         id=backfill_id,
                     )
+                )
+                self._usage.refresh_changed(
+                    backfill_id=backfill_id, timeframe=_timeframe(backfill)
                 )
                 context.record_commit(version, "revert", backfill_id=backfill_id)
         return self.finish_revert(backfill_id)

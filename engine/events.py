@@ -21,8 +21,10 @@ from engine.queries import (
     effective_events,
     insert_rows,
     latest_rows,
+    with_reflected,
 )
 from engine.schema import STORED_EVENTS
+from engine.usage import Usage
 
 __all__ = ["Events", "events_frame"]
 
@@ -34,8 +36,8 @@ SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, l.external
        l.kind = 'tombstone' AS tombstoned,
        EXISTS (
          SELECT 1 FROM lake.main.deprecations AS d
-         JOIN lake.main.backfills AS b ON b.id = d.backfill_id AND b.status = 'reflected'
-         WHERE d.idempotency_key = l.idempotency_key AND d.version = l.version) AS replaced
+         WHERE d.backfill_id IN (SELECT id FROM reflected)
+           AND d.idempotency_key = l.idempotency_key AND d.version = l.version) AS replaced
 FROM latest AS l
 """
 
@@ -56,9 +58,10 @@ def events_frame(table: pa.Table) -> pl.DataFrame:
 class Events:
     """Reading and correcting single events."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, usage: Usage) -> None:
         self._context = context
-        self._amender = AmendmentIngestor(context)
+        self._usage = usage
+        self._amender = AmendmentIngestor(context, usage)
 
     def effective(
         self,
@@ -154,21 +157,31 @@ class Events:
         with storage.write():
             self._current(event_id, action="deprecate")
             version = context.next_version()
-            tombstone = bind(
+            tombstone = with_reflected(bind(
                 "SELECT l.idempotency_key, l.event_name, l.\"timestamp\", l.customer_id, "
                 "l.external_customer_id, l.properties, CAST(:version AS BIGINT) AS version, "
                 "CAST(NULL AS VARCHAR) AS backfill_id, 'tombstone' AS kind FROM latest AS l",
                 version=version,
                 ctes={"latest": latest_rows(keys=_keys([event_id]))},
-            )
+            ))
             storage.execute(insert_rows(STORED_EVENTS, tombstone))
+            self._usage.refresh_changed(version=version)
             context.record_commit(version, "deprecate", events=1)
         return event_id
+
+    def volume(
+        self, *, timeframe_start: datetime | str, timeframe_end: datetime | str | None = None
+    ) -> pl.DataFrame:
+        """Orb's event volume: hourly counts of effective events by event time, as a frame
+        with ``timeframe_start, timeframe_end, count``; ``timeframe_end`` defaults to now."""
+        return self._usage.volume(timeframe_start=timeframe_start, timeframe_end=timeframe_end)
 
     # -- internals --------------------------------------------------------------------------
 
     def _latest(self, keys: list[str]) -> list[dict[str, Any]]:
-        query = bind(_LATEST_WITH_STATE, ctes={"latest": latest_rows(keys=_keys(keys))})
+        query = with_reflected(
+            bind(_LATEST_WITH_STATE, ctes={"latest": latest_rows(keys=_keys(keys))})
+        )
         table = self._context.storage.arrow(query)
         return table.to_pylist()
 

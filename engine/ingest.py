@@ -38,6 +38,7 @@ from engine.queries import (
     table_ref,
 )
 from engine.schema import DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS
+from engine.usage import Usage
 
 __all__ = ["AmendmentIngestor", "Ingestor", "late_deprecations"]
 
@@ -132,8 +133,9 @@ def _properties_json(
 class Ingestor:
     """Validates and writes ingest batches; used by ``Store.ingest`` and event amendments."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, usage: Usage) -> None:
         self._context = context
+        self._usage = usage
 
     def ingest(self, events: Any, *, backfill: Backfill | None) -> IngestResult:
         """Validate the whole batch, then write it (live: one commit) or stage it (backfill).
@@ -272,6 +274,7 @@ class Ingestor:
         )
         storage.execute(insert_rows(STORED_EVENTS, select))
         late_deprecations(context, version=version)
+        self._usage.refresh_changed(version=version)
         context.record_commit(version, "ingest" if kind == "event" else kind, events=count)
         return version
 

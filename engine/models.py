@@ -14,6 +14,7 @@ __all__ = [
     "Customer",
     "Event",
     "IngestResult",
+    "Metric",
     "Page",
     "PropertyValue",
 ]
@@ -75,6 +76,19 @@ class Event:
     external_customer_id: str | None
     properties: Mapping[str, PropertyValue]
     deprecated: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metric:
+    """An Orb-style SQL metric, e.g. ``SELECT sum(tokens) FROM events``."""
+
+    id: str
+    name: str
+    sql: str
+    description: str | None
+    metadata: Mapping[str, str]
+    status: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)

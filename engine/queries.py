@@ -27,12 +27,16 @@ __all__ = [
     "all_events",
     "bind",
     "create_temp_table",
+    "customer_key",
     "customer_scope",
     "deprecation_rows",
     "effective_events",
+    "hour_bucket",
     "ingest_problems",
     "insert_rows",
     "latest_rows",
+    "reflected_backfills",
+    "with_reflected",
     "first_copies",
     "normalized_input",
     "table_ref",
@@ -82,7 +86,7 @@ def bind(sql: str, *, ctes: dict[str, exp.Expression] | None = None, **values: A
     literals = {k: exp.null() if v is None else v for k, v in values.items()}
     tree = exp.replace_placeholders(tree, **literals)
     for name, query in (ctes or {}).items():
-        assert isinstance(tree, exp.Select)
+        assert isinstance(tree, exp.Query)
         tree = tree.with_(name, as_=query)
     return tree
 
@@ -106,13 +110,28 @@ def table_ref(table: Table | str, alias: str | None = None) -> exp.Table:
 
 # -- effective events --------------------------------------------------------------------------
 
+# Backfills whose events and deprecations count: closed and not reverted, at the current
+# state or as of a version (a pure function of close_version / revert_version, so `as_of` needs
+# no time travel and survives compaction).
+_REFLECTED = """
+SELECT b.id
+FROM lake.main.backfills AS b
+WHERE b.close_version <= :version AND (b.revert_version IS NULL OR b.revert_version > :version)
+"""
+
+_REFLECTED_NOW = """
+SELECT b.id
+FROM lake.main.backfills AS b
+WHERE b.close_version IS NOT NULL AND b.revert_version IS NULL
+"""
+
 # Rule 2 of DESIGN section 2: per key, the newest candidate row; candidates are live rows and
 # rows of reflected backfills. Rule 3 (deprecations) is applied by effective_events.
 _LATEST = """
 SELECT s.*
 FROM lake.main.stored_events AS s
-WHERE (s.backfill_id IS NULL
-       OR s.backfill_id IN (SELECT b.id FROM lake.main.backfills AS b WHERE b.status = 'reflected'))
+WHERE (s.backfill_id IS NULL OR s.backfill_id IN (SELECT id FROM reflected))
+  AND :version_restriction
   AND :key_restriction
 QUALIFY row_number() OVER (PARTITION BY s.idempotency_key ORDER BY s.version DESC) = 1
 """
@@ -125,10 +144,44 @@ WHERE l.kind <> 'tombstone'
   AND NOT EXISTS (
     SELECT 1
     FROM lake.main.deprecations AS d
-    JOIN lake.main.backfills AS b ON b.id = d.backfill_id AND b.status = 'reflected'
-    WHERE d.idempotency_key = l.idempotency_key AND d.version = l.version)
+    WHERE d.backfill_id IN (SELECT id FROM reflected)
+      AND d.idempotency_key = l.idempotency_key AND d.version = l.version)
   AND :row_restriction
 """
+
+
+def reflected_backfills(as_of_version: int | None = None) -> exp.Expression:
+    """Ids of the backfills that count, now or as of a version."""
+    if as_of_version is None:
+        return template(_REFLECTED_NOW).copy()
+    return bind(_REFLECTED, version=as_of_version)
+
+
+def customer_key(*, table: str | None = None) -> exp.Expression:
+    """One text naming the customer an event row names: ``id:<customer_id>`` or
+    ``ext:<external_customer_id>`` (an event carries exactly one of the two)."""
+    return exp.If(
+        this=exp.column("customer_id", table=table).is_(exp.null()).not_(),
+        true=exp.DPipe(
+            this=exp.Literal.string("id:"), expression=exp.column("customer_id", table=table)
+        ),
+        false=exp.DPipe(
+            this=exp.Literal.string("ext:"),
+            expression=exp.column("external_customer_id", table=table),
+        ),
+    )
+
+
+def hour_bucket(*, table: str | None = None) -> exp.Expression:
+    return exp.func("date_trunc", exp.Literal.string("hour"), exp.column("timestamp", table=table))
+
+
+def _in_units(units: str, *, table: str | None) -> exp.Expression:
+    match = exp.select(exp.Literal.number(1)).from_(exp.to_table(units).as_("u")).where(
+        exp.column("customer_key", table="u").eq(customer_key(table=table))
+        & exp.column("bucket", table="u").eq(hour_bucket(table=table))
+    )
+    return exp.Exists(this=match)
 
 
 def customer_scope(
@@ -163,12 +216,35 @@ def _in_timeframe(
     return conditions
 
 
-def latest_rows(*, keys: exp.Expression | None = None) -> exp.Expression:
-    """Per idempotency key, the newest candidate row (all columns of ``stored_events``)."""
+def latest_rows(
+    *, keys: exp.Expression | None = None, as_of_version: int | None = None
+) -> exp.Expression:
+    """Per idempotency key, the newest candidate row (all columns of ``stored_events``).
+
+    Reads the CTE ``reflected`` (see :func:`with_reflected`).
+    """
     restriction = (
         exp.column("idempotency_key", table="s").isin(query=keys) if keys is not None else exp.true()
     )
-    return bind(_LATEST, key_restriction=restriction)
+    version = (
+        exp.column("version", table="s") <= exp.convert(as_of_version)
+        if as_of_version is not None
+        else exp.true()
+    )
+    return bind(_LATEST, key_restriction=restriction, version_restriction=version)
+
+
+def with_reflected(query: exp.Expression, as_of_version: int | None = None) -> exp.Expression:
+    """``query`` with the CTE ``reflected`` it reads prepended."""
+    assert isinstance(query, exp.Select)
+    ctes = query.args.get("with_")
+    query = query.copy()
+    query.set("with_", None)
+    query = query.with_("reflected", as_=reflected_backfills(as_of_version))
+    if ctes is not None:
+        for cte in ctes.expressions:
+            query = query.with_(cte.alias, as_=cte.this)
+    return query
 
 
 def effective_events(
@@ -177,8 +253,11 @@ def effective_events(
     timeframe_end: datetime | None = None,
     customer_id: str | None = None,
     external_customer_id: str | None = None,
+    units: str | None = None,
+    as_of_version: int | None = None,
 ) -> exp.Expression:
-    """The effective events, optionally restricted to a timeframe and a customer.
+    """The effective events, optionally restricted to a timeframe, a customer, and the
+    (customer, hour) cells listed in the table ``units``; now or as of a version.
 
     A restriction narrows the keys considered first (so DuckLake prunes day partitions), then
     applies to the winning rows: a newer version of a key may have moved to another time.
@@ -187,6 +266,10 @@ def effective_events(
     key_conditions = _in_timeframe(timeframe_start, timeframe_end, table=None)
     if customer_id is not None or external_customer_id is not None:
         row_conditions.append(customer_scope(customer_id, external_customer_id, table="l"))
+        key_conditions.append(customer_scope(customer_id, external_customer_id))
+    if units is not None:
+        row_conditions.append(_in_units(units, table="l"))
+        key_conditions.append(_in_units(units, table=None))
     keys = None
     if key_conditions:
         keys = (
@@ -194,11 +277,12 @@ def effective_events(
             .from_(table_ref(STORED_EVENTS))
             .where(exp.and_(*key_conditions))
         )
-    return bind(
+    query = bind(
         _EFFECTIVE,
-        ctes={"latest": latest_rows(keys=keys)},
+        ctes={"latest": latest_rows(keys=keys, as_of_version=as_of_version)},
         row_restriction=exp.and_(*row_conditions) if row_conditions else exp.true(),
     )
+    return with_reflected(query, as_of_version)
 
 
 _ALL_EVENTS = """

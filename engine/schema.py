@@ -113,6 +113,53 @@ COMMITS = Table(
     ),
 )
 
+METRICS = Table(
+    "metrics",
+    _columns(
+        ("id", "VARCHAR"),
+        ("name", "VARCHAR"),
+        ("sql", "VARCHAR"),
+        ("description", "VARCHAR"),
+        ("metadata", "JSON"),
+        ("status", "VARCHAR"),
+        ("created_at", "TIMESTAMP"),
+    ),
+)
+
+# Materialized usage: per metric, per customer (as the events name it), per UTC hour and group,
+# the partial aggregates that merge exactly into any coarser window.
+USAGE_CELLS = Table(
+    "usage_cells",
+    _columns(
+        ("metric_id", "VARCHAR"),
+        # 'id:<customer_id>' or 'ext:<external_customer_id>': what the events name.
+        ("customer_key", "VARCHAR"),
+        ("customer_id", "VARCHAR"),
+        ("external_customer_id", "VARCHAR"),
+        ("bucket", "TIMESTAMP"),
+        ("group_value", "VARCHAR"),
+        # Events whose value counted (non-NULL), and sum / min / max of those values.
+        ("events", "BIGINT"),
+        ("total", "DOUBLE"),
+        ("minimum", "DOUBLE"),
+        ("maximum", "DOUBLE"),
+    ),
+)
+
+# For count(DISTINCT x): the distinct values per cell, so any window's count stays exact.
+USAGE_DISTINCT = Table(
+    "usage_distinct",
+    _columns(
+        ("metric_id", "VARCHAR"),
+        ("customer_key", "VARCHAR"),
+        ("customer_id", "VARCHAR"),
+        ("external_customer_id", "VARCHAR"),
+        ("bucket", "TIMESTAMP"),
+        ("group_value", "VARCHAR"),
+        ("value", "VARCHAR"),
+    ),
+)
+
 TABLES: tuple[Table, ...] = (
     STORED_EVENTS,
     STAGED_EVENTS,
@@ -120,6 +167,9 @@ TABLES: tuple[Table, ...] = (
     BACKFILLS,
     CUSTOMERS,
     COMMITS,
+    METRICS,
+    USAGE_CELLS,
+    USAGE_DISTINCT,
 )
 
 

@@ -116,9 +116,10 @@ class Storage:
             ],
         )
         self._connection.execute(render(attach))
-        if not self._initialized():
+        missing = [table for table in TABLES if table.name not in self._existing_tables()]
+        if missing:
             with self.write():
-                for table in TABLES:
+                for table in missing:
                     self.execute(_table_ddl(table))
                     if table.partitioned_by:
                         self.execute(_partition_ddl(table))
@@ -213,11 +214,10 @@ class Storage:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _initialized(self) -> bool:
+    def _existing_tables(self) -> set[str]:
         probe = (
-            exp.select(exp.func("count", exp.Star()))
+            exp.select("table_name")
             .from_("duckdb_tables()")
             .where(exp.column("database_name").eq(exp.Literal.string(CATALOG)))
         )
-        found = self.one(probe)
-        return bool(found and found[0])
+        return {row[0] for row in self.rows(probe)}

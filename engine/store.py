@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import polars as pl
 import sqlglot
 from sqlglot import exp
 
@@ -20,6 +21,7 @@ from engine.models import IngestResult
 from engine.queries import all_events, effective_events, table_ref
 from engine.schema import BACKFILLS, CUSTOMERS
 from engine.storage import Relation, Storage
+from engine.usage import Granularity, Metrics, Progress, Usage
 
 __all__ = ["Store", "open"]
 
@@ -37,10 +39,12 @@ class Store:
     def __init__(self, storage: Storage, context: Context) -> None:
         self._storage = storage
         self._context = context
+        self._usage = Usage(context)
         self.customers = Customers(context)
-        self._ingestor = Ingestor(context)
-        self.backfills = Backfills(context, self.customers, self._ingestor)
-        self.events = Events(context)
+        self.metrics = Metrics(context, self._usage)
+        self._ingestor = Ingestor(context, self._usage)
+        self.backfills = Backfills(context, self.customers, self._ingestor, self._usage)
+        self.events = Events(context, self._usage)
         self._create_views()
         self.backfills.recover()
 
@@ -65,6 +69,50 @@ class Store:
             return self.backfills.ingest(backfill_id, events)
         with self._storage.write():
             return self._ingestor.ingest(events, backfill=None)
+
+    def usage(
+        self,
+        metric_id: str,
+        *,
+        timeframe_start: datetime | str,
+        timeframe_end: datetime | str,
+        customer_id: str | None = None,
+        external_customer_id: str | None = None,
+        granularity: Granularity = "day",
+        group_by: str | None = None,
+        as_of: datetime | str | int | None = None,
+    ) -> pl.DataFrame:
+        """Usage of a metric per customer and time bucket, as a Polars frame with columns
+        ``customer_id, external_customer_id, timeframe_start, timeframe_end, value`` (and the
+        group column for a grouped metric). ``granularity`` is ``"hour"``, ``"day"``,
+        ``"month"`` or ``None`` (one row per customer for the whole timeframe); buckets with
+        no events are absent. ``as_of`` (an aware datetime or a version number) answers with
+        usage as it was known then.
+
+        >>> store.usage(metric.id, timeframe_start="2026-11-01T00:00:00Z",  # doctest: +SKIP
+        ...     timeframe_end="2026-12-01T00:00:00Z", external_customer_id="acme")
+        """
+        return self._usage.usage(
+            metric_id,
+            timeframe_start=timeframe_start,
+            timeframe_end=timeframe_end,
+            customer_id=customer_id,
+            external_customer_id=external_customer_id,
+            granularity=granularity,
+            group_by=group_by,
+            as_of=as_of,
+        )
+
+    def recompute(self, metric_id: str | None = None, *, progress: Progress | None = None) -> None:
+        """Rebuild materialized usage (of one metric, or all) from the effective events."""
+        if metric_id is not None:
+            self.metrics.get(metric_id)
+        self._usage.rebuild([metric_id] if metric_id is not None else None, progress=progress)
+
+    def verify(self) -> list[dict[str, Any]]:
+        """Every usage cell whose materialized value differs from a from-scratch computation;
+        empty when all is well."""
+        return self._usage.verify()
 
     def sql(self, query: str) -> Relation:
         """Explore the store with DuckDB SQL (read only) over the views ``events`` (effective

@@ -1,0 +1,644 @@
+"""Metrics and usage: materialized per (metric, customer, hour, group) cells, kept current by
+every commit, merged into any window at query time.
+
+Every commit that changes effective events calls :meth:`Usage.refresh_changed` inside its own
+transaction: it finds the (customer, hour) units whose effective events may have changed (rows
+written or flipped by the commit and every other version of their keys), deletes their cells
+and re-aggregates them from the effective events of those units only. A metric's creation and
+:meth:`Usage.recompute` rebuild from all history; :meth:`Usage.verify` compares the cells with
+a from-scratch computation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import polars as pl
+from sqlglot import exp
+
+from engine.context import Context, as_utc, from_storage
+from engine.customers import new_id
+from engine.errors import ConstraintViolation, ResourceNotFound
+from engine.metrics import Aggregate, ParsedMetric, parse_metric
+from engine.models import Metric
+from engine.queries import (
+    bind,
+    create_temp_table,
+    customer_key,
+    effective_events,
+    hour_bucket,
+    insert_rows,
+    table_ref,
+)
+from engine.schema import METRICS, STORED_EVENTS, USAGE_CELLS, USAGE_DISTINCT
+
+__all__ = ["Granularity", "Metrics", "Progress", "Usage"]
+
+Granularity = Literal["hour", "day", "month"] | None
+Progress = Callable[[int, int], None]
+
+_GRANULARITIES = ("hour", "day", "month")
+_CELL_COLUMNS = [c.name for c in USAGE_CELLS.columns]
+_DISTINCT_COLUMNS = [c.name for c in USAGE_DISTINCT.columns]
+
+# Units (customer, hour) touched by a commit: the rows it wrote or flipped (`changed`), every
+# stored version of their keys, and the rows a backfill deprecates (`deprecated`).
+_AFFECTED_UNITS = """
+SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket
+FROM lake.main.stored_events AS s
+WHERE s.idempotency_key IN (SELECT idempotency_key FROM changed)
+UNION
+SELECT :customer_key AS customer_key, :bucket AS bucket
+FROM deprecated AS s
+"""
+
+_DEPRECATED_BY = """
+SELECT s.customer_id, s.external_customer_id, s."timestamp"
+FROM lake.main.stored_events AS s
+JOIN lake.main.deprecations AS d ON d.idempotency_key = s.idempotency_key AND d.version = s.version
+WHERE d.backfill_id = :backfill_id AND s."timestamp" >= :start AND s."timestamp" < :end
+"""
+
+
+@dataclass(frozen=True)
+class _Registered:
+    metric: Metric
+    parsed: ParsedMetric
+
+
+def _metric(row: tuple[Any, ...]) -> Metric:
+    id_, name, sql, description, metadata, status, created_at = row
+    created = from_storage(created_at)
+    assert created is not None
+    return Metric(
+        id=id_,
+        name=name,
+        sql=sql,
+        description=description,
+        metadata=json.loads(metadata) if metadata else {},
+        status=status,
+        created_at=created,
+    )
+
+
+def _cells(metric: _Registered, source: str) -> exp.Select:
+    """Hour cells of ``metric`` aggregated from the event rows of table ``source``."""
+    parsed = metric.parsed
+    value = parsed.value(table="e")
+    return (
+        exp.select(
+            exp.alias_(exp.convert(metric.metric.id), "metric_id"),
+            exp.alias_(customer_key(table="e"), "customer_key"),
+            exp.alias_(exp.func("any_value", exp.column("customer_id", table="e")), "customer_id"),
+            exp.alias_(
+                exp.func("any_value", exp.column("external_customer_id", table="e")),
+                "external_customer_id",
+            ),
+            exp.alias_(hour_bucket(table="e"), "bucket"),
+            exp.alias_(parsed.group_value(table="e"), "group_value"),
+            exp.alias_(exp.func("count", value), "events"),
+            exp.alias_(exp.func("sum", value) if _numeric(parsed) else exp.null(), "total"),
+            exp.alias_(exp.func("min", value) if _numeric(parsed) else exp.null(), "minimum"),
+            exp.alias_(exp.func("max", value) if _numeric(parsed) else exp.null(), "maximum"),
+        )
+        .from_(exp.to_table(source).as_("e"))
+        .where(parsed.where(table="e"))
+        .group_by(
+            customer_key(table="e"), hour_bucket(table="e"), parsed.group_value(table="e")
+        )
+        .having(exp.func("count", value) > exp.Literal.number(0))
+    )
+
+
+def _distinct_values(metric: _Registered, source: str) -> exp.Select:
+    parsed = metric.parsed
+    value = parsed.value(table="e")
+    return (
+        exp.select(
+            exp.alias_(exp.convert(metric.metric.id), "metric_id"),
+            exp.alias_(customer_key(table="e"), "customer_key"),
+            exp.alias_(exp.column("customer_id", table="e"), "customer_id"),
+            exp.alias_(exp.column("external_customer_id", table="e"), "external_customer_id"),
+            exp.alias_(hour_bucket(table="e"), "bucket"),
+            exp.alias_(parsed.group_value(table="e"), "group_value"),
+            exp.alias_(value, "value"),
+        )
+        .distinct()
+        .from_(exp.to_table(source).as_("e"))
+        .where(exp.and_(parsed.where(table="e"), value.is_(exp.null()).not_()))
+    )
+
+
+def _numeric(parsed: ParsedMetric) -> bool:
+    return parsed.aggregate in (Aggregate.SUM, Aggregate.MIN, Aggregate.MAX, Aggregate.AVG)
+
+
+def _merged_value(parsed: ParsedMetric) -> exp.Expression:
+    """The metric's value over a group of cells (``c``) or distinct rows."""
+    column = {
+        Aggregate.COUNT: exp.func("sum", exp.column("events", table="c")),
+        Aggregate.SUM: exp.func("sum", exp.column("total", table="c")),
+        Aggregate.MIN: exp.func("min", exp.column("minimum", table="c")),
+        Aggregate.MAX: exp.func("max", exp.column("maximum", table="c")),
+        Aggregate.AVG: exp.Div(
+            this=exp.func("sum", exp.column("total", table="c")),
+            expression=exp.func("sum", exp.column("events", table="c")),
+        ),
+        Aggregate.COUNT_DISTINCT: exp.Count(
+            this=exp.Distinct(expressions=[exp.column("value", table="c")])
+        ),
+    }[parsed.aggregate]
+    return exp.cast(column, "DOUBLE")
+
+
+# Window of each row's bucket at the asked granularity, clipped to the asked timeframe, with
+# the customer named both ways (the events named it one way; the customers table knows both).
+_USAGE = """
+SELECT coalesce(c.customer_id, by_external.id) AS customer_id,
+       coalesce(c.external_customer_id, by_id.external_customer_id) AS external_customer_id,
+       greatest(:window_start, :timeframe_start) AS timeframe_start,
+       least(:window_end, :timeframe_end) AS timeframe_end,
+       :group_value AS group_value,
+       :value AS value
+FROM cells AS c
+LEFT JOIN lake.main.customers AS by_id ON by_id.id = c.customer_id
+LEFT JOIN lake.main.customers AS by_external ON by_external.external_customer_id = c.external_customer_id
+WHERE c.metric_id = :metric_id AND c.bucket >= :hour_start AND c.bucket < :timeframe_end
+  AND :customer_filter
+GROUP BY 1, 2, 3, 4, 5
+ORDER BY 1 NULLS LAST, 2 NULLS LAST, 3, 5 NULLS LAST
+"""
+
+
+class Metrics:
+    """``store.metrics``: define Orb-style SQL metrics (materialized on creation)."""
+
+    def __init__(self, context: Context, usage: Usage) -> None:
+        self._context = context
+        self._usage = usage
+
+    def create(
+        self,
+        *,
+        name: str,
+        sql: str,
+        description: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> Metric:
+        """Define a metric and materialize it over all history, in one commit.
+
+        ``progress(done, total)`` is called as history is aggregated (for progress bars).
+
+        >>> store.metrics.create(name="tokens",  # doctest: +SKIP
+        ...     sql="SELECT sum(tokens) FROM events WHERE event_name = 'completion'")
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ConstraintViolation("name must be a non-empty string", field="name")
+        parse_metric(sql)
+        if metadata is not None and (
+            not isinstance(metadata, Mapping)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            raise ConstraintViolation("metadata must map strings to strings", field="metadata")
+        metric = Metric(
+            id=new_id(),
+            name=name,
+            sql=sql,
+            description=description,
+            metadata=dict(metadata or {}),
+            status="active",
+            created_at=from_storage(self._context.now()),  # type: ignore[arg-type]
+        )
+        storage = self._context.storage
+        with storage.write():
+            row = exp.select(
+                *(exp.cast(exp.convert(v), "VARCHAR") for v in (metric.id, name, sql, description)),
+                exp.cast(exp.convert(json.dumps(metric.metadata)), "JSON"),
+                exp.cast(exp.convert(metric.status), "VARCHAR"),
+                exp.convert(self._context.now()),
+            )
+            storage.execute(exp.insert(row, table_ref(METRICS)))
+            self._usage.rebuild([metric.id], progress=progress)
+        return metric
+
+    def get(self, metric_id: str) -> Metric:
+        """The metric ``metric_id`` (``ResourceNotFound`` otherwise)."""
+        rows = self._context.storage.rows(
+            exp.select(*METRICS.column_names)
+            .from_(table_ref(METRICS))
+            .where(exp.column("id").eq(exp.convert(metric_id)))
+        )
+        if not rows:
+            raise ResourceNotFound(f"metric {metric_id!r} does not exist", metric_id=metric_id)
+        return _metric(rows[0])
+
+    def list(self) -> list[Metric]:
+        """Every metric, oldest first."""
+        rows = self._context.storage.rows(
+            exp.select(*METRICS.column_names).from_(table_ref(METRICS)).order_by("created_at", "id")
+        )
+        return [_metric(row) for row in rows]
+
+
+class Usage:
+    """Materialized usage: refresh on commits, query, preview, recompute, verify."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    # -- the registry -------------------------------------------------------------------------
+
+    def _registered(self, metric_ids: list[str] | None = None) -> list[_Registered]:
+        query = exp.select(*METRICS.column_names).from_(table_ref(METRICS)).order_by("created_at")
+        if metric_ids is not None:
+            query = query.where(exp.column("id").isin(*(exp.convert(m) for m in metric_ids)))
+        metrics = [_metric(row) for row in self._context.storage.rows(query)]
+        return [_Registered(m, parse_metric(m.sql)) for m in metrics]
+
+    # -- maintenance (inside a write transaction) ---------------------------------------------
+
+    def refresh_changed(
+        self,
+        *,
+        version: int | None = None,
+        backfill_id: str | None = None,
+        timeframe: tuple[datetime, datetime] | None = None,
+    ) -> None:
+        """Re-aggregate the units a commit touched: rows written at ``version``, or the rows of
+        backfill ``backfill_id`` and those it deprecates (within ``timeframe``)."""
+        metrics = self._registered()
+        if not metrics:
+            return
+        storage = self._context.storage
+        if backfill_id is not None:
+            changed = (
+                exp.select("idempotency_key")
+                .from_(table_ref(STORED_EVENTS))
+                .where(exp.column("backfill_id").eq(exp.convert(backfill_id)))
+            )
+            assert timeframe is not None
+            deprecated = bind(
+                _DEPRECATED_BY, backfill_id=backfill_id, start=timeframe[0], end=timeframe[1]
+            )
+        else:
+            assert version is not None
+            changed = (
+                exp.select("idempotency_key")
+                .from_(table_ref(STORED_EVENTS))
+                .where(exp.column("version").eq(exp.convert(version)))
+            )
+            deprecated = bind(
+                'SELECT customer_id, external_customer_id, "timestamp" '
+                "FROM lake.main.stored_events WHERE FALSE"
+            )
+        units = bind(
+            _AFFECTED_UNITS,
+            customer_key=customer_key(table="s"),
+            bucket=hour_bucket(table="s"),
+            ctes={"changed": changed, "deprecated": deprecated},
+        )
+        storage.execute(create_temp_table("affected_units", units))
+        self._refresh_units(metrics)
+
+    def _refresh_units(self, metrics: list[_Registered]) -> None:
+        storage = self._context.storage
+        bounds = storage.one(bind("SELECT min(bucket), max(bucket) FROM affected_units"))
+        if bounds is None or bounds[0] is None:
+            return
+        start, end = bounds[0], bounds[1] + timedelta(hours=1)
+        in_units = bind(
+            "SELECT 1 FROM affected_units AS u "
+            "WHERE u.customer_key = t.customer_key AND u.bucket = t.bucket"
+        )
+        for table in (USAGE_CELLS, USAGE_DISTINCT):
+            bucket = exp.column("bucket", table="t")
+            storage.execute(
+                exp.delete(
+                    table_ref(table, alias="t"),
+                    where=exp.and_(
+                        bucket >= exp.convert(start),
+                        bucket < exp.convert(end),
+                        exp.Exists(this=in_units),
+                    ),
+                )
+            )
+        storage.execute(
+            create_temp_table(
+                "unit_events",
+                effective_events(timeframe_start=start, timeframe_end=end, units="affected_units"),
+            )
+        )
+        self._insert_cells(metrics, "unit_events")
+
+    def _insert_cells(self, metrics: list[_Registered], source: str) -> None:
+        storage = self._context.storage
+        for metric in metrics:
+            storage.execute(insert_rows(USAGE_CELLS, _cells(metric, source), _CELL_COLUMNS))
+            if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT:
+                storage.execute(
+                    insert_rows(USAGE_DISTINCT, _distinct_values(metric, source), _DISTINCT_COLUMNS)
+                )
+
+    def rebuild(self, metric_ids: list[str] | None = None, *, progress: Progress | None = None) -> None:
+        """Recompute the cells of some metrics (all by default) from every effective event."""
+        metrics = self._registered(metric_ids)
+        storage = self._context.storage
+        with storage.write():
+            ids = [exp.convert(m.metric.id) for m in metrics]
+            if not ids:
+                return
+            for table in (USAGE_CELLS, USAGE_DISTINCT):
+                storage.execute(
+                    exp.delete(table_ref(table), where=exp.column("metric_id").isin(*ids))
+                )
+            if progress:
+                progress(0, 2)
+            storage.execute(create_temp_table("all_effective", effective_events()))
+            if progress:
+                progress(1, 2)
+            self._insert_cells(metrics, "all_effective")
+            if progress:
+                progress(2, 2)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def usage(
+        self,
+        metric_id: str,
+        *,
+        timeframe_start: datetime | str,
+        timeframe_end: datetime | str,
+        customer_id: str | None = None,
+        external_customer_id: str | None = None,
+        granularity: Granularity = "day",
+        group_by: str | None = None,
+        as_of: datetime | str | int | None = None,
+    ) -> pl.DataFrame:
+        """Usage of a metric per customer and time bucket (see ``Store.usage``)."""
+        registered = self._registered([metric_id])
+        if not registered:
+            raise ResourceNotFound(f"metric {metric_id!r} does not exist", metric_id=metric_id)
+        metric = registered[0]
+        start = as_utc(timeframe_start, field="timeframe_start")
+        end = as_utc(timeframe_end, field="timeframe_end")
+        if start >= end:
+            raise ConstraintViolation("timeframe_start must be before timeframe_end")
+        if granularity not in (*_GRANULARITIES, None):
+            raise ConstraintViolation("granularity must be 'hour', 'day', 'month' or None")
+        if group_by is not None and group_by != metric.parsed.group_by:
+            raise ConstraintViolation(
+                f"metric {metric_id!r} is grouped by {metric.parsed.group_by!r}, not {group_by!r}"
+                if metric.parsed.group_by
+                else f"metric {metric_id!r} has no GROUP BY; group_by must be None"
+            )
+        storage = self._context.storage
+        aligned = start == _floor_hour(start) and end == _floor_hour(end)
+        with storage.read():
+            if as_of is not None or not aligned:
+                version = self._as_of_version(as_of) if as_of is not None else None
+                cells, distinct = self._cells_from_events(
+                    metric, start, end, customer_id, external_customer_id, version
+                )
+            else:
+                cells, distinct = table_ref(USAGE_CELLS), table_ref(USAGE_DISTINCT)
+            source = distinct if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT else cells
+            table = storage.arrow(
+                self._usage_query(
+                    metric, source, start, end, customer_id, external_customer_id, granularity
+                )
+            )
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        frame = frame.with_columns(
+            pl.col("timeframe_start").dt.replace_time_zone("UTC"),
+            pl.col("timeframe_end").dt.replace_time_zone("UTC"),
+        )
+        if metric.parsed.group_by is None:
+            return frame.drop("group_value")
+        return frame.rename({"group_value": metric.parsed.group_by})
+
+    def _usage_query(
+        self,
+        metric: _Registered,
+        source: exp.Expression,
+        start: datetime,
+        end: datetime,
+        customer_id: str | None,
+        external_customer_id: str | None,
+        granularity: Granularity,
+    ) -> exp.Expression:
+        bucket = exp.column("bucket", table="c")
+        if granularity is None:
+            window_start: exp.Expression = exp.convert(start)
+            window_end: exp.Expression = exp.convert(end)
+        else:
+            window_start = exp.func("date_trunc", exp.Literal.string(granularity), bucket)
+            window_end = exp.Add(
+                this=window_start.copy(),
+                expression=exp.Interval(
+                    this=exp.Literal.string("1"), unit=exp.var(granularity.upper())
+                ),
+            )
+        conditions: list[exp.Expression] = []
+        if customer_id is not None:
+            conditions.append(
+                exp.func(
+                    "coalesce", exp.column("customer_id", table="c"), exp.column("id", table="by_external")
+                ).eq(exp.convert(customer_id))
+            )
+        if external_customer_id is not None:
+            conditions.append(
+                exp.func(
+                    "coalesce",
+                    exp.column("external_customer_id", table="c"),
+                    exp.column("external_customer_id", table="by_id"),
+                ).eq(exp.convert(external_customer_id))
+            )
+        return bind(
+            _USAGE,
+            ctes={"cells": exp.select("*").from_(source)},
+            window_start=window_start,
+            window_end=window_end,
+            timeframe_start=start,
+            timeframe_end=end,
+            hour_start=_floor_hour(start),
+            group_value=exp.column("group_value", table="c"),
+            value=_merged_value(metric.parsed),
+            metric_id=metric.metric.id,
+            customer_filter=exp.and_(*conditions) if conditions else exp.true(),
+        )
+
+    def _cells_from_events(
+        self,
+        metric: _Registered,
+        start: datetime,
+        end: datetime,
+        customer_id: str | None,
+        external_customer_id: str | None,
+        as_of_version: int | None,
+    ) -> tuple[exp.Expression, exp.Expression]:
+        """Cells computed straight from effective events (timeframe not on hour boundaries, or
+        usage as of an earlier version). Events outside ``[start, end)`` are left out, so a
+        partial hour counts only its part."""
+        storage = self._context.storage
+        storage.execute(
+            create_temp_table(
+                "window_events",
+                effective_events(
+                    timeframe_start=start,
+                    timeframe_end=end,
+                    customer_id=_resolved_id(self._context, customer_id, external_customer_id),
+                    external_customer_id=_resolved_external(
+                        self._context, customer_id, external_customer_id
+                    ),
+                    as_of_version=as_of_version,
+                ),
+            )
+        )
+        storage.execute(create_temp_table("window_cells", _cells(metric, "window_events")))
+        storage.execute(
+            create_temp_table("window_distinct", _distinct_values(metric, "window_events"))
+        )
+        return exp.to_table("window_cells"), exp.to_table("window_distinct")
+
+    def _as_of_version(self, as_of: datetime | str | int) -> int:
+        if isinstance(as_of, bool) or not isinstance(as_of, (int, datetime, str)):
+            raise ConstraintViolation("as_of must be a version number or an aware datetime")
+        if isinstance(as_of, int):
+            if as_of < 0:
+                raise ConstraintViolation("as_of version must be >= 0")
+            return as_of
+        moment = as_utc(as_of, field="as_of")
+        row = self._context.storage.one(
+            bind(
+                "SELECT coalesce(max(version), 0) FROM lake.main.commits WHERE committed_at <= :t",
+                t=moment,
+            )
+        )
+        return int(row[0]) if row else 0
+
+    def verify(self) -> list[dict[str, Any]]:
+        """Every cell where the materialized usage differs from a from-scratch computation."""
+        metrics = self._registered()
+        storage = self._context.storage
+        mismatches: list[dict[str, Any]] = []
+        with storage.read():
+            storage.execute(create_temp_table("verify_events", effective_events()))
+            for metric in metrics:
+                storage.execute(create_temp_table("expected_cells", _cells(metric, "verify_events")))
+                rows = storage.arrow(
+                    bind(
+                        _VERIFY_CELLS,
+                        ctes={
+                            "actual": exp.select("*")
+                            .from_(table_ref(USAGE_CELLS))
+                            .where(exp.column("metric_id").eq(exp.convert(metric.metric.id)))
+                        },
+                    )
+                ).to_pylist()
+                if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT:
+                    storage.execute(
+                        create_temp_table(
+                            "expected_distinct", _distinct_values(metric, "verify_events")
+                        )
+                    )
+                    rows += storage.arrow(
+                        bind(
+                            _VERIFY_DISTINCT,
+                            ctes={
+                                "actual": exp.select("*")
+                                .from_(table_ref(USAGE_DISTINCT))
+                                .where(exp.column("metric_id").eq(exp.convert(metric.metric.id)))
+                            },
+                        )
+                    ).to_pylist()
+                mismatches += [{"metric_id": metric.metric.id, **row} for row in rows]
+        return mismatches
+
+    def volume(self, *, timeframe_start: datetime | str, timeframe_end: datetime | str | None) -> pl.DataFrame:
+        """Hourly counts of effective events by event time (Orb's event volume)."""
+        start = _floor_hour(as_utc(timeframe_start, field="timeframe_start"))
+        end = (
+            as_utc(timeframe_end, field="timeframe_end")
+            if timeframe_end is not None
+            else self._context.now()
+        )
+        if start >= end:
+            raise ConstraintViolation("timeframe_start must be before timeframe_end")
+        query = bind(
+            "SELECT date_trunc('hour', \"timestamp\") AS timeframe_start, "
+            "date_trunc('hour', \"timestamp\") + INTERVAL 1 HOUR AS timeframe_end, "
+            "count(*) AS count FROM effective GROUP BY 1, 2 ORDER BY 1",
+            ctes={"effective": effective_events(timeframe_start=start, timeframe_end=end)},
+        )
+        frame = pl.from_arrow(self._context.storage.arrow(query))
+        assert isinstance(frame, pl.DataFrame)
+        return frame.with_columns(
+            pl.col("timeframe_start").dt.replace_time_zone("UTC"),
+            pl.col("timeframe_end").dt.replace_time_zone("UTC"),
+        )
+
+
+_VERIFY_CELLS = """
+SELECT coalesce(a.customer_key, e.customer_key) AS customer_key,
+       coalesce(a.bucket, e.bucket) AS bucket,
+       coalesce(a.group_value, e.group_value) AS group_value,
+       struct_pack(events := a.events, total := a.total, minimum := a.minimum,
+                   maximum := a.maximum)::VARCHAR AS materialized,
+       struct_pack(events := e.events, total := e.total, minimum := e.minimum,
+                   maximum := e.maximum)::VARCHAR AS expected
+FROM actual AS a
+FULL OUTER JOIN expected_cells AS e
+  ON a.customer_key = e.customer_key AND a.bucket = e.bucket
+ AND a.group_value IS NOT DISTINCT FROM e.group_value
+WHERE a.customer_key IS NULL OR e.customer_key IS NULL
+   OR a.events <> e.events
+   OR abs(coalesce(a.total, 0) - coalesce(e.total, 0)) > 1e-9 * greatest(1, abs(coalesce(e.total, 0)))
+   OR a.minimum IS DISTINCT FROM e.minimum OR a.maximum IS DISTINCT FROM e.maximum
+ORDER BY 1, 2, 3
+"""
+
+_VERIFY_DISTINCT = """
+SELECT coalesce(a.customer_key, e.customer_key) AS customer_key,
+       coalesce(a.bucket, e.bucket) AS bucket,
+       coalesce(a.group_value, e.group_value) AS group_value,
+       a.value AS materialized, e.value AS expected
+FROM actual AS a
+FULL OUTER JOIN expected_distinct AS e
+  ON a.customer_key = e.customer_key AND a.bucket = e.bucket
+ AND a.group_value IS NOT DISTINCT FROM e.group_value AND a.value = e.value
+WHERE a.customer_key IS NULL OR e.customer_key IS NULL
+ORDER BY 1, 2, 3
+"""
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _resolved_id(context: Context, customer_id: str | None, external: str | None) -> str | None:
+    if customer_id is not None or external is None:
+        return customer_id
+    row = context.storage.one(
+        exp.select("id").from_(table_ref("customers")).where(
+            exp.column("external_customer_id").eq(exp.convert(external))
+        )
+    )
+    return row[0] if row else None
+
+
+def _resolved_external(context: Context, customer_id: str | None, external: str | None) -> str | None:
+    if external is not None or customer_id is None:
+        return external
+    row = context.storage.one(
+        exp.select("external_customer_id").from_(table_ref("customers")).where(
+            exp.column("id").eq(exp.convert(customer_id))
+        )
+    )
+    return row[0] if row else None
+
