@@ -12,6 +12,7 @@ import base64
 from datetime import datetime, timedelta
 from typing import Any
 
+import polars as pl
 from sqlglot import exp
 
 from engine.context import Context, as_utc, from_storage
@@ -310,46 +311,71 @@ class Backfills:
                     backfill_id=backfill_id,
                 )
             version = context.next_version()
-            if backfill.replace_existing_events:
-                condition = (
-                    translate_filter(parse_filter(backfill.deprecation_filter))
-                    if backfill.deprecation_filter is not None
-                    else None
-                )
-                deprecated = deprecation_rows(
-                    backfill_id=backfill.id,
-                    source=table_ref(STORED_EVENTS),
-                    timeframe_start=as_utc(backfill.timeframe_start, field="timeframe_start"),
-                    timeframe_end=as_utc(backfill.timeframe_end, field="timeframe_end"),
-                    customer_id=backfill.customer_id,
-                    external_customer_id=backfill.external_customer_id,
-                    condition=condition,
-                    before_version=version,
-                )
-                storage.execute(insert_rows(DEPRECATIONS, deprecated))
-            storage.execute(
-                insert_rows(
-                    STORED_EVENTS, bind(_PROMOTE_STAGED, version=version, backfill_id=backfill.id)
-                )
-            )
-            storage.execute(
-                bind("DELETE FROM lake.main.staged_events WHERE backfill_id = :id", id=backfill.id)
-            )
-            now = context.now()
-            storage.execute(
-                bind(
-                    "UPDATE lake.main.backfills SET status = 'reflected', close_time = :now, "
-                    "close_version = :version WHERE id = :id",
-                    now=now,
-                    version=version,
-                    id=backfill.id,
-                )
-            )
-            self._usage.refresh_changed(backfill_id=backfill.id, timeframe=_timeframe(backfill))
+            self._apply_close(backfill, version)
             context.record_commit(
                 version, "close", backfill_id=backfill.id, events=backfill.events_ingested
             )
             return self.get(backfill_id)
+
+    def preview(self, backfill_id: str) -> pl.DataFrame:
+        """What closing a pending backfill would change, without changing anything.
+
+        A Polars frame with ``metric_id, customer_id, external_customer_id, timeframe_start``
+        (the day), ``before, after, delta``: only rows that change. It runs the real close in
+        a transaction that is rolled back, so it shows exactly what close would do.
+        """
+        storage = self._context.storage
+        with storage.trial():
+            backfill = self.get(backfill_id)
+            if backfill.status != BackfillStatus.PENDING:
+                raise ResourceConflict(
+                    f"backfill {backfill_id!r} is {backfill.status}; only a pending backfill can "
+                    f"be previewed",
+                    backfill_id=backfill_id,
+                )
+            self._apply_close(backfill, self._context.next_version(), capture_before=True)
+            return self._usage.preview_diff()
+
+    def _apply_close(self, backfill: Backfill, version: int, *, capture_before: bool = False) -> None:
+        storage = self._context.storage
+        if backfill.replace_existing_events:
+            condition = (
+                translate_filter(parse_filter(backfill.deprecation_filter))
+                if backfill.deprecation_filter is not None
+                else None
+            )
+            start, end = _timeframe(backfill)
+            deprecated = deprecation_rows(
+                backfill_id=backfill.id,
+                source=table_ref(STORED_EVENTS),
+                timeframe_start=start,
+                timeframe_end=end,
+                customer_id=backfill.customer_id,
+                external_customer_id=backfill.external_customer_id,
+                condition=condition,
+                before_version=version,
+            )
+            storage.execute(insert_rows(DEPRECATIONS, deprecated))
+        storage.execute(
+            insert_rows(
+                STORED_EVENTS, bind(_PROMOTE_STAGED, version=version, backfill_id=backfill.id)
+            )
+        )
+        storage.execute(
+            bind("DELETE FROM lake.main.staged_events WHERE backfill_id = :id", id=backfill.id)
+        )
+        storage.execute(
+            bind(
+                "UPDATE lake.main.backfills SET status = 'reflected', close_time = :now, "
+                "close_version = :version WHERE id = :id",
+                now=self._context.now(),
+                version=version,
+                id=backfill.id,
+            )
+        )
+        self._usage.refresh_changed(
+            backfill_id=backfill.id, timeframe=_timeframe(backfill), capture_before=capture_before
+        )
 
     def close_due(self) -> list[Backfill]:
         """Close every pending backfill whose ``close_time`` has passed (cron, server timer)."""

@@ -195,6 +195,24 @@ class Storage:
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
+    def trial(self) -> Iterator[None]:
+        """A write transaction that is always rolled back: compute "what if" and keep nothing."""
+        with self._mutex:
+            if self._write_depth:
+                raise RuntimeError("a trial cannot run inside a write transaction")
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            self._write_depth = 1
+            try:
+                self._connection.execute("BEGIN TRANSACTION")
+                try:
+                    yield
+                finally:
+                    self._connection.execute("ROLLBACK")
+            finally:
+                self._write_depth = 0
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[None]:
         """Several queries against one snapshot."""
         with self._mutex:

@@ -268,9 +268,14 @@ class Usage:
         version: int | None = None,
         backfill_id: str | None = None,
         timeframe: tuple[datetime, datetime] | None = None,
+        capture_before: bool = False,
     ) -> None:
         """Re-aggregate the units a commit touched: rows written at ``version``, or the rows of
-        backfill ``backfill_id`` and those it deprecates (within ``timeframe``)."""
+        backfill ``backfill_id`` and those it deprecates (within ``timeframe``).
+
+        ``capture_before`` keeps the cells of the touched (customer, day)s as they were, in
+        the temp tables ``before_cells`` and ``before_distinct``, for :meth:`preview_diff`.
+        """
         metrics = self._registered()
         if not metrics:
             return
@@ -303,6 +308,9 @@ class Usage:
             ctes={"changed": changed, "deprecated": deprecated},
         )
         storage.execute(create_temp_table("affected_units", units))
+        if capture_before:
+            for name, table in (("before_cells", USAGE_CELLS), ("before_distinct", USAGE_DISTINCT)):
+                storage.execute(create_temp_table(name, _in_affected_days(table_ref(table))))
         self._refresh_units(metrics)
 
     def _refresh_units(self, metrics: list[_Registered]) -> None:
@@ -422,6 +430,43 @@ class Usage:
             return frame.drop("group_value")
         return frame.rename({"group_value": metric.parsed.group_by})
 
+    def preview_diff(self) -> pl.DataFrame:
+        """After ``refresh_changed(capture_before=True)``: per metric, customer and day of the
+        touched units, the value before and after, where they differ."""
+        storage = self._context.storage
+        bounds = storage.one(
+            bind("SELECT min(date_trunc('day', bucket)), max(date_trunc('day', bucket)) FROM affected_units")
+        )
+        frames = []
+        if bounds is not None and bounds[0] is not None:
+            start, end = bounds[0], bounds[1] + timedelta(days=1)
+            for metric in self._registered():
+                distinct = metric.parsed.aggregate is Aggregate.COUNT_DISTINCT
+                before = exp.to_table("before_distinct" if distinct else "before_cells")
+                after = _in_affected_days(table_ref(USAGE_DISTINCT if distinct else USAGE_CELLS))
+                sides = {
+                    name: self._usage_query(
+                        metric, source, start, end, None, None, "day", grouped=False
+                    )
+                    for name, source in (("before_usage", before), ("after_usage", after.subquery("a")))
+                }
+                frames.append(
+                    pl.from_arrow(
+                        storage.arrow(bind(_PREVIEW, metric_id=metric.metric.id, ctes=sides))
+                    )
+                )
+        columns = {
+            "metric_id": pl.String,
+            "customer_id": pl.String,
+            "external_customer_id": pl.String,
+            "timeframe_start": pl.Datetime("us"),
+            "before": pl.Float64,
+            "after": pl.Float64,
+            "delta": pl.Float64,
+        }
+        frame = pl.concat([pl.DataFrame(schema=columns), *frames], how="vertical_relaxed")  # type: ignore[list-item]
+        return frame.with_columns(pl.col("timeframe_start").dt.replace_time_zone("UTC"))
+
     def _usage_query(
         self,
         metric: _Registered,
@@ -431,6 +476,8 @@ class Usage:
         customer_id: str | None,
         external_customer_id: str | None,
         granularity: Granularity,
+        *,
+        grouped: bool = True,
     ) -> exp.Expression:
         bucket = exp.column("bucket", table="c")
         if granularity is None:
@@ -467,7 +514,7 @@ class Usage:
             timeframe_start=start,
             timeframe_end=end,
             hour_start=_floor_hour(start),
-            group_value=exp.column("group_value", table="c"),
+            group_value=exp.column("group_value", table="c") if grouped else exp.null(),
             value=_merged_value(metric.parsed),
             metric_id=metric.metric.id,
             customer_filter=exp.and_(*conditions) if conditions else exp.true(),
@@ -615,6 +662,38 @@ FULL OUTER JOIN expected_distinct AS e
 WHERE a.customer_key IS NULL OR e.customer_key IS NULL
 ORDER BY 1, 2, 3
 """
+
+
+_PREVIEW = """
+SELECT CAST(:metric_id AS VARCHAR) AS metric_id,
+       coalesce(a.customer_id, b.customer_id) AS customer_id,
+       coalesce(a.external_customer_id, b.external_customer_id) AS external_customer_id,
+       coalesce(a.timeframe_start, b.timeframe_start) AS timeframe_start,
+       b.value AS before, a.value AS after,
+       coalesce(a.value, 0) - coalesce(b.value, 0) AS delta
+FROM before_usage AS b
+FULL OUTER JOIN after_usage AS a
+  ON a.customer_id IS NOT DISTINCT FROM b.customer_id
+ AND a.external_customer_id IS NOT DISTINCT FROM b.external_customer_id
+ AND a.timeframe_start = b.timeframe_start
+WHERE a.value IS DISTINCT FROM b.value
+ORDER BY 2 NULLS LAST, 3 NULLS LAST, 4
+"""
+
+
+def _in_affected_days(source: exp.Table) -> exp.Select:
+    """Rows of a cells table in the (customer, day)s of ``affected_units``."""
+    day = exp.func("date_trunc", exp.Literal.string("day"), exp.column("bucket"))
+    return exp.select("*").from_(source).where(
+        exp.Exists(
+            this=exp.select(exp.Literal.number(1))
+            .from_(exp.to_table("affected_units").as_("u"))
+            .where(
+                exp.column("customer_key", table="u").eq(exp.column("customer_key"))
+                & exp.func("date_trunc", exp.Literal.string("day"), exp.column("bucket", table="u")).eq(day)
+            )
+        )
+    )
 
 
 def _floor_hour(moment: datetime) -> datetime:
