@@ -27,6 +27,7 @@ from engine.queries import (
     EVENT_COLUMNS,
     ORDINAL_COLUMN,
     REPEATED_KEYS,
+    UNKNOWN_FIELDS_COLUMN,
     bind,
     create_temp_table,
     customer_scope,
@@ -44,12 +45,19 @@ __all__ = ["AmendmentIngestor", "Ingestor", "late_deprecations"]
 
 
 _INPUT_VIEW = "incoming_input"
+_KNOWN_COLUMNS = frozenset({*EVENT_COLUMNS, ORDINAL_COLUMN, UNKNOWN_FIELDS_COLUMN})
 _EVENT_FIELDS = frozenset(EVENT_COLUMNS)
 
+# Each line read as one JSON object, so unknown fields can be named like in other inputs.
 _READ_JSONL = """
-SELECT * FROM read_json(:path, format = 'newline_delimited', columns = {
-  'idempotency_key': 'VARCHAR', 'event_name': 'VARCHAR', 'timestamp': 'VARCHAR',
-  'customer_id': 'VARCHAR', 'external_customer_id': 'VARCHAR', 'properties': 'JSON'})
+SELECT json_extract_string(o.json, '$.idempotency_key') AS idempotency_key,
+       json_extract_string(o.json, '$.event_name') AS event_name,
+       json_extract_string(o.json, '$.timestamp') AS "timestamp",
+       json_extract_string(o.json, '$.customer_id') AS customer_id,
+       json_extract_string(o.json, '$.external_customer_id') AS external_customer_id,
+       json_extract(o.json, '$.properties') AS properties,
+       list_filter(json_keys(o.json), k -> NOT list_contains(:fields, k)) AS __unknown_fields
+FROM read_ndjson_objects(:path) AS o
 """
 _READ_PARQUET = "SELECT * FROM read_parquet(:path)"
 _READ_CSV = "SELECT * FROM read_csv(:path, header = TRUE, all_varchar = TRUE)"
@@ -216,14 +224,27 @@ class Ingestor:
                 )
             storage.register(_INPUT_VIEW, table)
             source = exp.select("*").from_(_INPUT_VIEW)
+        description = f"file {str(events)!r}" if isinstance(events, (str, Path)) else "events"
         try:
-            types = storage.column_types(source)
-            storage.execute(
-                create_temp_table(
-                    "incoming",
-                    normalized_input("source_rows", types).with_("source_rows", as_=source),
+            with storage.reading_input(description):
+                types = storage.column_types(source)
+                unknown = sorted(set(types) - _KNOWN_COLUMNS)
+                if unknown:
+                    raise ConstraintViolation(
+                        f"unknown event field(s) {', '.join(map(repr, unknown))} in {description}; "
+                        f"events have {', '.join(EVENT_COLUMNS)}",
+                        fields=unknown,
+                    )
+                storage.execute(
+                    create_temp_table(
+                        "incoming",
+                        normalized_input("source_rows", types).with_("source_rows", as_=source),
+                    )
                 )
-            )
+        except ConstraintViolation as error:
+            if isinstance(events, (str, Path)) and Path(events).suffix.lower() != ".parquet":
+                _raise_bad_line(Path(events), error)
+            raise
         finally:
             if not isinstance(events, (str, Path)):
                 storage.unregister(_INPUT_VIEW)
@@ -336,12 +357,33 @@ def late_deprecations(context: Context, *, version: int) -> None:
         storage.execute(insert_rows(DEPRECATIONS, rows))
 
 
+def _raise_bad_line(path: Path, error: ConstraintViolation) -> None:
+    """Name the first line of a JSON-lines file that is not a JSON object, if there is one
+    (DuckDB's own message counts lines differently)."""
+    if path.suffix.lower() not in (".jsonl", ".ndjson", ".json"):
+        return
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as problem:
+                raise ConstraintViolation(
+                    f"{path}: line {number} is malformed JSON ({problem})", path=str(path), line=number
+                ) from None
+            if not isinstance(value, dict):
+                raise ConstraintViolation(
+                    f"{path}: line {number} is not a JSON object", path=str(path), line=number
+                ) from error
+
+
 def _file_scan(path: Path) -> exp.Expression:
     if not path.exists():
         raise ConstraintViolation(f"input file {str(path)!r} does not exist", path=str(path))
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
-        return bind(_READ_JSONL, path=str(path))
+        return bind(_READ_JSONL, path=str(path), fields=exp.Array(expressions=[exp.convert(f) for f in EVENT_COLUMNS]))
     if suffix == ".parquet":
         return bind(_READ_PARQUET, path=str(path))
     if suffix == ".csv":

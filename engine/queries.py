@@ -22,6 +22,7 @@ __all__ = [
     "EVENT_COLUMNS",
     "INT64_MAX",
     "ORDINAL_COLUMN",
+    "UNKNOWN_FIELDS_COLUMN",
     "REPEATED_KEYS",
     "UTC_TIMESTAMP_PATTERN",
     "all_events",
@@ -56,6 +57,9 @@ INT64_MAX = 2**63 - 1
 
 #: Column an input may carry with its 1-based row numbers (added to Arrow inputs).
 ORDINAL_COLUMN = "__ordinal"
+
+#: Column a JSON-lines input carries with the names of fields that are not event fields.
+UNKNOWN_FIELDS_COLUMN = "__unknown_fields"
 
 #: ISO-8601 with an explicit UTC designator; anything else (no zone, other offsets) is refused.
 UTC_TIMESTAMP_PATTERN = (
@@ -360,7 +364,7 @@ def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
             true=exp.cast(exp.TryCast(this=raw, to=exp.DataType.build("TIMESTAMPTZ")), "TIMESTAMP"),
         )
     else:  # naive timestamps and other types carry no zone: refused by validation
-        timestamp = exp.null()
+        timestamp = exp.cast(exp.null(), "TIMESTAMP")
 
     props_type = column_types.get("properties", "")
     properties: exp.Expression
@@ -387,6 +391,12 @@ def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
         exp.alias_(text("external_customer_id"), "external_customer_id"),
         exp.alias_(exp.cast(properties, "VARCHAR"), "properties"),
         exp.alias_(text("timestamp"), "timestamp_text"),
+        exp.alias_(
+            exp.column(UNKNOWN_FIELDS_COLUMN, quoted=True)
+            if UNKNOWN_FIELDS_COLUMN in column_types
+            else exp.cast(exp.null(), "VARCHAR[]"),
+            "unknown_fields",
+        ),
     ).from_(exp.to_table(source))
 
 
@@ -407,6 +417,8 @@ WITH checked AS (
     [CASE WHEN i.idempotency_key IS NULL OR i.idempotency_key = ''
           THEN 'idempotency_key is required' END,
      CASE WHEN i.event_name IS NULL OR i.event_name = '' THEN 'event_name is required' END,
+     CASE WHEN len(i.unknown_fields) > 0
+          THEN 'unknown field ' || array_to_string(list_transform(i.unknown_fields, f -> '''' || f || ''''), ', ') END,
      CASE WHEN i.timestamp_text IS NULL THEN 'timestamp is required'
           WHEN i."timestamp" IS NULL
           THEN 'timestamp ''' || i.timestamp_text

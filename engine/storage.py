@@ -29,6 +29,7 @@ import duckdb_extension_sqlite_scanner
 import pyarrow as pa
 from sqlglot import exp
 
+from engine.errors import ConstraintViolation
 from engine.schema import CATALOG, TABLES, Table
 
 __all__ = ["Relation", "Storage", "render"]
@@ -140,7 +141,7 @@ class Storage:
 
     def arrow(self, tree: exp.Expression) -> pa.Table:
         with self._mutex:
-            return self._connection.execute(render(tree)).fetch_arrow_table()
+            return self._connection.execute(render(tree)).to_arrow_table()
 
     def column_types(self, tree: exp.Expression) -> dict[str, str]:
         """Names and DuckDB types of the columns ``tree`` would return, without running it."""
@@ -163,6 +164,18 @@ class Storage:
     def unregister(self, name: str) -> None:
         with self._mutex:
             self._connection.unregister(name)
+
+    @contextlib.contextmanager
+    def reading_input(self, description: str) -> Iterator[None]:
+        """Turn DuckDB's complaints about user input (a malformed file, a bad column type) into
+        a ``ConstraintViolation`` that names the input."""
+        try:
+            yield
+        except duckdb.Error as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConstraintViolation(
+                f"cannot read {description}: {message}", input=description
+            ) from None
 
     # -- transactions -------------------------------------------------------------------------
 

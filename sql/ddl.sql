@@ -1,0 +1,98 @@
+-- Tables of a store (rendered from engine/schema.py; do not edit by hand).
+
+CREATE TABLE IF NOT EXISTS lake.main.stored_events (
+  idempotency_key TEXT,
+  event_name TEXT,
+  timestamp TIMESTAMP,
+  customer_id TEXT,
+  external_customer_id TEXT,
+  properties JSON,
+  version BIGINT,
+  backfill_id TEXT,
+  kind TEXT
+);
+
+ALTER TABLE lake.main.stored_events SET PARTITIONED BY (YEAR(timestamp), MONTH(timestamp), DAY(timestamp));
+
+CREATE TABLE IF NOT EXISTS lake.main.staged_events (
+  backfill_id TEXT,
+  idempotency_key TEXT,
+  event_name TEXT,
+  timestamp TIMESTAMP,
+  customer_id TEXT,
+  external_customer_id TEXT,
+  properties JSON
+);
+
+CREATE TABLE IF NOT EXISTS lake.main.deprecations (
+  backfill_id TEXT,
+  idempotency_key TEXT,
+  version BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS lake.main.backfills (
+  id TEXT,
+  status TEXT,
+  created_at TIMESTAMP,
+  timeframe_start TIMESTAMP,
+  timeframe_end TIMESTAMP,
+  events_ingested BIGINT,
+  close_time TIMESTAMP,
+  reverted_at TIMESTAMP,
+  customer_id TEXT,
+  external_customer_id TEXT,
+  replace_existing_events BOOLEAN,
+  deprecation_filter TEXT,
+  sequence BIGINT,
+  close_version BIGINT,
+  revert_version BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS lake.main.customers (
+  id TEXT,
+  external_customer_id TEXT,
+  name TEXT,
+  email TEXT,
+  created_at TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS lake.main.commits (
+  version BIGINT,
+  operation TEXT,
+  backfill_id TEXT,
+  committed_at TIMESTAMP,
+  events_written BIGINT
+);
+
+CREATE TABLE IF NOT EXISTS lake.main.metrics (
+  id TEXT,
+  name TEXT,
+  sql TEXT,
+  description TEXT,
+  metadata JSON,
+  status TEXT,
+  created_at TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS lake.main.usage_cells (
+  metric_id TEXT,
+  customer_key TEXT,
+  customer_id TEXT,
+  external_customer_id TEXT,
+  bucket TIMESTAMP,
+  group_value TEXT,
+  events BIGINT,
+  total DOUBLE,
+  minimum DOUBLE,
+  maximum DOUBLE
+);
+
+CREATE TABLE IF NOT EXISTS lake.main.usage_distinct (
+  metric_id TEXT,
+  customer_key TEXT,
+  customer_id TEXT,
+  external_customer_id TEXT,
+  bucket TIMESTAMP,
+  group_value TEXT,
+  value TEXT
+);

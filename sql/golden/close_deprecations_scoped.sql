@@ -1,0 +1,15 @@
+SELECT
+  'bf_1' AS backfill_id,
+  idempotency_key,
+  version
+FROM lake.main.stored_events
+WHERE
+  timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+  AND timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+  AND (
+    customer_id = 'cus_1' OR external_customer_id = 'acme'
+  )
+  AND (
+    JSON_EXTRACT_STRING(properties, '$.model') = 'gpt-4'
+  )
+  AND version < 42;

@@ -1,0 +1,67 @@
+WITH reflected AS (
+  SELECT
+    b.id
+  FROM lake.main.backfills AS b
+  WHERE
+    NOT b.close_version IS NULL AND b.revert_version IS NULL
+), latest AS (
+  SELECT
+    s.*
+  FROM lake.main.stored_events AS s
+  WHERE
+    (
+      s.backfill_id IS NULL OR s.backfill_id IN (
+        SELECT
+          id
+        FROM reflected
+      )
+    )
+    AND TRUE
+    AND (
+      s.idempotency_key IN (
+        SELECT
+          idempotency_key
+        FROM lake.main.stored_events
+        WHERE
+          timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+          AND timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+          AND (
+            external_customer_id = 'acme'
+          )
+      )
+    )
+  QUALIFY
+    ROW_NUMBER() OVER (PARTITION BY s.idempotency_key ORDER BY s.version DESC) = 1
+)
+SELECT
+  l.idempotency_key,
+  l.event_name,
+  l."timestamp",
+  l.customer_id,
+  l.external_customer_id,
+  l.properties,
+  l.version,
+  l.backfill_id
+FROM latest AS l
+WHERE
+  l.kind <> 'tombstone'
+  AND NOT EXISTS(
+    SELECT
+      1
+    FROM lake.main.deprecations AS d
+    WHERE
+      d.backfill_id IN (
+        SELECT
+          id
+        FROM reflected
+      )
+      AND d.idempotency_key = l.idempotency_key
+      AND d.version = l.version
+  )
+  AND (
+    l.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+    AND l.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+    AND (
+      l.external_customer_id = 'acme'
+    )
+  );

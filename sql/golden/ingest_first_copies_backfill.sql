@@ -1,0 +1,32 @@
+WITH known AS (
+  SELECT
+    idempotency_key
+  FROM lake.main.staged_events
+  WHERE
+    backfill_id = 'bf_1'
+)
+SELECT
+  i.ordinal,
+  i.idempotency_key,
+  i.event_name,
+  i."timestamp",
+  i.customer_id,
+  i.external_customer_id,
+  CAST(i.properties AS JSON) AS properties,
+  EXISTS(
+    SELECT
+      1
+    FROM known AS k
+    WHERE
+      k.idempotency_key = i.idempotency_key
+  ) AS duplicate
+FROM incoming AS i
+WHERE
+  FALSE
+  OR i.ordinal IN (
+    SELECT
+      MIN(ordinal)
+    FROM incoming
+    GROUP BY
+      idempotency_key
+  );
