@@ -9,6 +9,7 @@ stored rows, deprecation rows and which backfills are reflected, so revert delet
 from __future__ import annotations
 
 import base64
+import builtins
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,14 +45,15 @@ _COLUMNS = [
 
 _PROMOTE_STAGED = """
 SELECT idempotency_key, event_name, "timestamp", customer_id, external_customer_id, properties,
-       CAST(:version AS BIGINT) AS version, CAST(:backfill_id AS VARCHAR) AS backfill_id, 'event' AS kind
+       CAST(:version AS BIGINT) AS version, CAST(:backfill_id AS VARCHAR) AS backfill_id,
+       'event' AS kind
 FROM lake.main.staged_events
 WHERE backfill_id = :backfill_id
 """
 
 
 def _backfill(row: tuple[Any, ...]) -> Backfill:
-    values = dict(zip(_COLUMNS, row))
+    values = dict(zip(_COLUMNS, row, strict=True))
     for name in ("created_at", "timeframe_start", "timeframe_end", "close_time", "reverted_at"):
         values[name] = from_storage(values[name])
     values["status"] = BackfillStatus(values["status"])
@@ -76,7 +78,9 @@ def _decode_cursor(cursor: str) -> int:
             raise ValueError(kind)
         return int(value)
     except ValueError:
-        raise ConstraintViolation(f"cursor {cursor!r} is not a valid cursor", cursor=cursor) from None
+        raise ConstraintViolation(
+            f"cursor {cursor!r} is not a valid cursor", cursor=cursor
+        ) from None
 
 
 class Backfills:
@@ -134,7 +138,11 @@ class Backfills:
                     "deprecation_filter only applies when replace_existing_events is true"
                 )
             parse_filter(deprecation_filter)
-        if replace_existing_events and deprecation_filter is None and end > now - settings.grace_period:
+        if (
+            replace_existing_events
+            and deprecation_filter is None
+            and end > now - settings.grace_period
+        ):
             raise ConstraintViolation(
                 f"a replacing backfill without a deprecation_filter must end at least the grace "
                 f"period ({settings.grace_period}) ago, or live events arriving late would be "
@@ -193,7 +201,7 @@ class Backfills:
         customer_id: str | None,
         external_customer_id: str | None,
     ) -> None:
-        conditions = [
+        conditions: builtins.list[exp.Expr] = [
             exp.column("status").isin(
                 BackfillStatus.PENDING.value, BackfillStatus.PENDING_REVERT.value
             ),
@@ -201,7 +209,7 @@ class Backfills:
             exp.column("timeframe_end") > exp.convert(start),
         ]
         if customer_id is not None or external_customer_id is not None:
-            same_customer: list[exp.Expression] = [
+            same_customer: builtins.list[exp.Expr] = [
                 exp.column("customer_id").is_(exp.null())
                 & exp.column("external_customer_id").is_(exp.null())
             ]
@@ -248,12 +256,14 @@ class Backfills:
         """Backfills, newest first, ``limit`` at a time; pass ``page.next_cursor`` back."""
         if not isinstance(limit, int) or not 1 <= limit <= 100:
             raise ConstraintViolation("limit must be an integer from 1 to 100")
-        conditions: list[exp.Expression] = [exp.true()]
+        conditions: list[exp.Expr] = [exp.true()]
         if customer_id is not None:
             conditions.append(exp.column("customer_id").eq(exp.convert(customer_id)))
         if status is not None:
             try:
-                conditions.append(exp.column("status").eq(exp.convert(BackfillStatus(status).value)))
+                conditions.append(
+                    exp.column("status").eq(exp.convert(BackfillStatus(status).value))
+                )
             except ValueError:
                 raise ConstraintViolation(
                     f"status must be one of {', '.join(s.value for s in BackfillStatus)}"
@@ -274,7 +284,7 @@ class Backfills:
     # -- ingest -------------------------------------------------------------------------------
 
     def ingest(self, backfill_id: str, events: Any) -> IngestResult:
-        """Stage ``events`` in a pending backfill (what ``store.ingest(..., backfill_id=)`` does)."""
+        """Stage ``events`` in a pending backfill (``store.ingest(..., backfill_id=)``)."""
         with self._context.storage.write():
             backfill = self.get(backfill_id)
             if backfill.status != BackfillStatus.PENDING:
@@ -336,7 +346,9 @@ class Backfills:
             self._apply_close(backfill, self._context.next_version(), capture_before=True)
             return self._usage.preview_diff()
 
-    def _apply_close(self, backfill: Backfill, version: int, *, capture_before: bool = False) -> None:
+    def _apply_close(
+        self, backfill: Backfill, version: int, *, capture_before: bool = False
+    ) -> None:
         storage = self._context.storage
         if backfill.replace_existing_events:
             condition = (
@@ -377,7 +389,7 @@ class Backfills:
             backfill_id=backfill.id, timeframe=_timeframe(backfill), capture_before=capture_before
         )
 
-    def close_due(self) -> list[Backfill]:
+    def close_due(self) -> builtins.list[Backfill]:
         """Close every pending backfill whose ``close_time`` has passed (cron, server timer)."""
         rows = self._context.storage.rows(
             exp.select("id")
@@ -415,7 +427,10 @@ class Backfills:
                     )
                 )
                 storage.execute(
-                    bind("DELETE FROM lake.main.staged_events WHERE backfill_id = :id", id=backfill_id)
+                    bind(
+                        "DELETE FROM lake.main.staged_events WHERE backfill_id = :id",
+                        id=backfill_id,
+                    )
                 )
                 return self.get(backfill_id)
             if backfill.status not in (BackfillStatus.REFLECTED, BackfillStatus.PENDING_REVERT):
@@ -438,9 +453,7 @@ class Backfills:
                         id=backfill_id,
                     )
                 )
-                self._usage.refresh_changed(
-                    backfill_id=backfill_id, timeframe=_timeframe(backfill)
-                )
+                self._usage.refresh_changed(backfill_id=backfill_id, timeframe=_timeframe(backfill))
                 context.record_commit(version, "revert", backfill_id=backfill_id)
         return self.finish_revert(backfill_id)
 
@@ -465,7 +478,7 @@ class Backfills:
             )
             return self.get(backfill_id)
 
-    def recover(self) -> list[Backfill]:
+    def recover(self) -> builtins.list[Backfill]:
         """Finish reverts that a crash interrupted; run when a store opens."""
         rows = self._context.storage.rows(
             exp.select("id")

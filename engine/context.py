@@ -43,7 +43,9 @@ def as_utc(value: datetime | str, *, field: str) -> datetime:
                 f"{field} {value!r} is not an ISO-8601 time", field=field
             ) from None
     if not isinstance(value, datetime):
-        raise ConstraintViolation(f"{field} must be a datetime, got {type(value).__name__}", field=field)
+        raise ConstraintViolation(
+            f"{field} must be a datetime, got {type(value).__name__}", field=field
+        )
     if value.tzinfo is None or value.utcoffset() is None:
         raise ConstraintViolation(
             f"{field} {value.isoformat()} has no time zone; give an aware UTC time", field=field
@@ -69,8 +71,9 @@ class Context:
     def next_version(self) -> int:
         """The version of the commit being written; call inside ``storage.write()``."""
         row = self.storage.one(
-            exp.select(exp.func("coalesce", exp.func("max", exp.column("version")), exp.convert(0)))
-            .from_(table_ref(COMMITS))
+            exp.select(
+                exp.func("coalesce", exp.func("max", exp.column("version")), exp.convert(0))
+            ).from_(table_ref(COMMITS))
         )
         assert row is not None
         return int(row[0]) + 1

@@ -30,7 +30,11 @@ def _customer(row: tuple[Any, ...]) -> Customer:
     created = from_storage(created_at)
     assert created is not None
     return Customer(
-        id=id_, external_customer_id=external_customer_id, name=name, email=email, created_at=created
+        id=id_,
+        external_customer_id=external_customer_id,
+        name=name,
+        email=email,
+        created_at=created,
     )
 
 
@@ -64,7 +68,9 @@ class Customers:
                 raise ConstraintViolation(f"{field} must be a non-empty string", field=field)
         storage = self._context.storage
         with storage.write():
-            if external_customer_id is not None and self._find("external_customer_id", external_customer_id):
+            if external_customer_id is not None and self._find(
+                "external_customer_id", external_customer_id
+            ):
                 raise DuplicateResourceCreation(
                     f"a customer with external_customer_id {external_customer_id!r} already exists",
                     external_customer_id=external_customer_id,
@@ -85,7 +91,9 @@ class Customers:
         """The customer with Orb id ``customer_id`` (``ResourceNotFound`` otherwise)."""
         found = self._find("id", customer_id)
         if found is None:
-            raise ResourceNotFound(f"customer {customer_id!r} does not exist", customer_id=customer_id)
+            raise ResourceNotFound(
+                f"customer {customer_id!r} does not exist", customer_id=customer_id
+            )
         return found
 
     def get_by_external_id(self, external_customer_id: str) -> Customer:

@@ -35,7 +35,12 @@ class EngineError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """Orb's RFC 7807 error body."""
-        return {"type": self.type, "status": self.status, "title": self.title, "detail": self.detail}
+        return {
+            "type": self.type,
+            "status": self.status,
+            "title": self.title,
+            "detail": self.detail,
+        }
 
 
 class RequestValidationError(EngineError, ValueError):

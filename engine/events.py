@@ -48,11 +48,11 @@ def events_frame(table: pa.Table) -> pl.DataFrame:
     frame = pl.from_arrow(table.select(list(EVENT_COLUMNS)))
     assert isinstance(frame, pl.DataFrame)
     properties = pl.Series(
-        "properties", [json.loads(p) for p in table.column("properties").to_pylist()], dtype=pl.Object
+        "properties",
+        [json.loads(p) for p in table.column("properties").to_pylist()],
+        dtype=pl.Object,
     )
-    return frame.with_columns(
-        pl.col("timestamp").dt.replace_time_zone("UTC"), properties
-    )
+    return frame.with_columns(pl.col("timestamp").dt.replace_time_zone("UTC"), properties)
 
 
 class Events:
@@ -85,7 +85,9 @@ class Events:
             customer_id=customer_id,
             external_customer_id=external_customer_id,
         )
-        ordered = exp.select("*").from_(query.subquery("e")).order_by('"timestamp"', "idempotency_key")
+        ordered = (
+            exp.select("*").from_(query.subquery("e")).order_by('"timestamp"', "idempotency_key")
+        )
         return events_frame(self._context.storage.arrow(ordered))
 
     def search(
@@ -102,7 +104,11 @@ class Events:
         if len(event_ids) > 500:
             raise ConstraintViolation("event_ids may hold at most 500 ids")
         now = self._context.now()
-        start = as_utc(timeframe_start, field="timeframe_start") if timeframe_start else now - timedelta(days=7)
+        start = (
+            as_utc(timeframe_start, field="timeframe_start")
+            if timeframe_start
+            else now - timedelta(days=7)
+        )
         end = as_utc(timeframe_end, field="timeframe_end") if timeframe_end else now
         rows = self._latest(list(event_ids))
         found = []
@@ -157,13 +163,15 @@ class Events:
         with storage.write():
             self._current(event_id, action="deprecate")
             version = context.next_version()
-            tombstone = with_reflected(bind(
-                "SELECT l.idempotency_key, l.event_name, l.\"timestamp\", l.customer_id, "
-                "l.external_customer_id, l.properties, CAST(:version AS BIGINT) AS version, "
-                "CAST(NULL AS VARCHAR) AS backfill_id, 'tombstone' AS kind FROM latest AS l",
-                version=version,
-                ctes={"latest": latest_rows(keys=_keys([event_id]))},
-            ))
+            tombstone = with_reflected(
+                bind(
+                    'SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, '
+                    "l.external_customer_id, l.properties, CAST(:version AS BIGINT) AS version, "
+                    "CAST(NULL AS VARCHAR) AS backfill_id, 'tombstone' AS kind FROM latest AS l",
+                    version=version,
+                    ctes={"latest": latest_rows(keys=_keys([event_id]))},
+                )
+            )
             storage.execute(insert_rows(STORED_EVENTS, tombstone))
             self._usage.refresh_changed(version=version)
             context.record_commit(version, "deprecate", events=1)
@@ -182,8 +190,8 @@ class Events:
         query = with_reflected(
             bind(_LATEST_WITH_STATE, ctes={"latest": latest_rows(keys=_keys(keys))})
         )
-        table = self._context.storage.arrow(query)
-        return table.to_pylist()
+        rows: list[dict[str, Any]] = self._context.storage.arrow(query).to_pylist()
+        return rows
 
     def _current(self, event_id: str, *, action: str) -> dict[str, Any]:
         rows = self._latest([event_id])
@@ -197,7 +205,7 @@ class Events:
         return rows[0]
 
 
-def _keys(keys: list[str]) -> exp.Expression:
+def _keys(keys: list[str]) -> exp.Expr:
     return exp.select("key").from_(
         exp.Unnest(expressions=[exp.Array(expressions=[exp.convert(k) for k in keys])]).as_(
             "k", table=["key"]

@@ -45,7 +45,12 @@ class Aggregate(enum.StrEnum):
     AVG = "avg"
 
 
-_NUMERIC = {exp.Sum: Aggregate.SUM, exp.Min: Aggregate.MIN, exp.Max: Aggregate.MAX, exp.Avg: Aggregate.AVG}
+_NUMERIC: dict[type[exp.Expression], Aggregate] = {
+    exp.Sum: Aggregate.SUM,
+    exp.Min: Aggregate.MIN,
+    exp.Max: Aggregate.MAX,
+    exp.Avg: Aggregate.AVG,
+}
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,10 @@ class ParsedMetric:
             return exp.Literal.number(1)
         if self.aggregate in (Aggregate.COUNT, Aggregate.COUNT_DISTINCT):
             if _bare_property(self.argument):
-                return exp.cast(
-                    _json_call("json_extract", self.argument.name, table), "VARCHAR"
-                )
+                return exp.cast(_json_call("json_extract", self.argument.name, table), "VARCHAR")
             kind = infer_type(self.argument, context="metric")
             return exp.cast(translate(self.argument, table=table, expected=kind), "VARCHAR")
-        return exp.cast(
-            translate(self.argument, table=table, expected=ValueType.NUMBER), "DOUBLE"
-        )
+        return exp.cast(translate(self.argument, table=table, expected=ValueType.NUMBER), "DOUBLE")
 
     def where(self, *, table: str | None = None) -> exp.Expression:
         """The condition as a DuckDB boolean (TRUE when the metric has none)."""
@@ -98,7 +99,10 @@ def _json_call(function: str, name: str, table: str | None) -> exp.Expression:
     # JSONExtract node's path into its own syntax.
     return exp.Anonymous(
         this=function,
-        expressions=[exp.column("properties", table=table), exp.Literal.string(property_path(name))],
+        expressions=[
+            exp.column("properties", table=table),
+            exp.Literal.string(property_path(name)),
+        ],
     )
 
 
@@ -155,7 +159,8 @@ def parse_metric(sql: str) -> ParsedMetric:
             kind = infer_type(argument, context="metric")
             if kind not in (None, ValueType.NUMBER):
                 raise _refuse(
-                    f"{aggregate.value}() needs a number, but {argument.sql('duckdb')!r} is a {kind}",
+                    f"{aggregate.value}() needs a number, "
+                    f"but {argument.sql('duckdb')!r} is a {kind}",
                     "type mismatch",
                 )
     condition = select.args["where"].this if select.args.get("where") else None
@@ -169,7 +174,9 @@ def parse_metric(sql: str) -> ParsedMetric:
             raise _refuse("GROUP BY takes exactly one property or column name", "group by")
         column = keys[0]
         name = str(column.this.this)
-        group_by = name.lower() if not column.this.quoted and name.lower() in RESERVED_COLUMNS else name
+        group_by = (
+            name.lower() if not column.this.quoted and name.lower() in RESERVED_COLUMNS else name
+        )
     return ParsedMetric(
         sql=sql, aggregate=aggregate, argument=argument, condition=condition, group_by=group_by
     )

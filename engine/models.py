@@ -23,16 +23,13 @@ PropertyValue = str | int | float | bool
 T = TypeVar("T")
 
 
-class BackfillStatus(str, enum.Enum):
+class BackfillStatus(enum.StrEnum):
     """Lifecycle of a backfill; compares equal to Orb's strings (``status == "pending"``)."""
 
     PENDING = "pending"
     REFLECTED = "reflected"
     PENDING_REVERT = "pending_revert"
     REVERTED = "reverted"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -58,6 +58,11 @@ INT64_MAX = 2**63 - 1
 #: Column an input may carry with its 1-based row numbers (added to Arrow inputs).
 ORDINAL_COLUMN = "__ordinal"
 
+#: Text that a property object needs to contain for one of its values to be refused: a nested
+#: object or array, a null, a non-finite or huge number. Rows without it skip json_each, which
+#: costs most of validation; a false positive only costs that row a closer look.
+_SUSPICIOUS_PROPERTIES = r"\{.*\{|\[|null|NaN|Infinity|[0-9]{16}|[0-9.][eE]"
+
 #: Column a JSON-lines input carries with the names of fields that are not event fields.
 UNKNOWN_FIELDS_COLUMN = "__unknown_fields"
 
@@ -68,12 +73,12 @@ UTC_TIMESTAMP_PATTERN = (
 
 
 @cache
-def template(sql: str) -> exp.Expression:
+def template(sql: str) -> exp.Expr:
     """Parse a fixed SQL text once; callers get a copy to bind."""
     return sqlglot.parse_one(sql, dialect="duckdb")
 
 
-def bind(sql: str, *, ctes: dict[str, exp.Expression] | None = None, **values: Any) -> exp.Expression:
+def bind(sql: str, *, ctes: dict[str, exp.Expr] | None = None, **values: Any) -> exp.Expr:
     """The tree of ``sql`` with each ``:name`` placeholder replaced by ``values[name]``.
 
     Values may be Python scalars (converted to literals) or sqlglot expressions. ``ctes``
@@ -95,7 +100,7 @@ def bind(sql: str, *, ctes: dict[str, exp.Expression] | None = None, **values: A
     return tree
 
 
-def create_temp_table(name: str, query: exp.Expression) -> exp.Create:
+def create_temp_table(name: str, query: exp.Expr) -> exp.Create:
     """``CREATE OR REPLACE TEMP TABLE name AS query``."""
     return exp.Create(
         this=exp.to_table(name),
@@ -154,14 +159,14 @@ WHERE l.kind <> 'tombstone'
 """
 
 
-def reflected_backfills(as_of_version: int | None = None) -> exp.Expression:
+def reflected_backfills(as_of_version: int | None = None) -> exp.Expr:
     """Ids of the backfills that count, now or as of a version."""
     if as_of_version is None:
         return template(_REFLECTED_NOW).copy()
     return bind(_REFLECTED, version=as_of_version)
 
 
-def customer_key(*, table: str | None = None) -> exp.Expression:
+def customer_key(*, table: str | None = None) -> exp.Expr:
     """One text naming the customer an event row names: ``id:<customer_id>`` or
     ``ext:<external_customer_id>`` (an event carries exactly one of the two)."""
     return exp.If(
@@ -176,27 +181,31 @@ def customer_key(*, table: str | None = None) -> exp.Expression:
     )
 
 
-def hour_bucket(*, table: str | None = None) -> exp.Expression:
+def hour_bucket(*, table: str | None = None) -> exp.Expr:
     return exp.func("date_trunc", exp.Literal.string("hour"), exp.column("timestamp", table=table))
 
 
-def _in_units(units: str, *, table: str | None) -> exp.Expression:
-    match = exp.select(exp.Literal.number(1)).from_(exp.to_table(units).as_("u")).where(
-        exp.column("customer_key", table="u").eq(customer_key(table=table))
-        & exp.column("bucket", table="u").eq(hour_bucket(table=table))
+def _in_units(units: str, *, table: str | None) -> exp.Expr:
+    match = (
+        exp.select(exp.Literal.number(1))
+        .from_(exp.to_table(units).as_("u"))
+        .where(
+            exp.column("customer_key", table="u").eq(customer_key(table=table))
+            & exp.column("bucket", table="u").eq(hour_bucket(table=table))
+        )
     )
     return exp.Exists(this=match)
 
 
 def customer_scope(
     customer_id: str | None, external_customer_id: str | None, *, table: str | None = None
-) -> exp.Expression:
+) -> exp.Expr:
     """Rows that belong to a customer known by its id, its external id, or both.
 
     An event names its customer by exactly one of the two ids, so a row matches when either
     id matches. A missing id compares as NULL and matches nothing.
     """
-    conditions: list[exp.Expression] = []
+    conditions: list[exp.Expr] = []
     if customer_id is not None:
         conditions.append(exp.column("customer_id", table=table).eq(exp.convert(customer_id)))
     if external_customer_id is not None:
@@ -210,9 +219,9 @@ def customer_scope(
 
 def _in_timeframe(
     start: datetime | None, end: datetime | None, *, table: str | None
-) -> list[exp.Expression]:
+) -> list[exp.Expr]:
     ts = exp.column("timestamp", table=table)
-    conditions: list[exp.Expression] = []
+    conditions: list[exp.Expr] = []
     if start is not None:
         conditions.append(ts >= exp.convert(start))
     if end is not None:
@@ -220,15 +229,15 @@ def _in_timeframe(
     return conditions
 
 
-def latest_rows(
-    *, keys: exp.Expression | None = None, as_of_version: int | None = None
-) -> exp.Expression:
+def latest_rows(*, keys: exp.Expr | None = None, as_of_version: int | None = None) -> exp.Expr:
     """Per idempotency key, the newest candidate row (all columns of ``stored_events``).
 
     Reads the CTE ``reflected`` (see :func:`with_reflected`).
     """
     restriction = (
-        exp.column("idempotency_key", table="s").isin(query=keys) if keys is not None else exp.true()
+        exp.column("idempotency_key", table="s").isin(query=keys)
+        if keys is not None
+        else exp.true()
     )
     version = (
         exp.column("version", table="s") <= exp.convert(as_of_version)
@@ -238,7 +247,7 @@ def latest_rows(
     return bind(_LATEST, key_restriction=restriction, version_restriction=version)
 
 
-def with_reflected(query: exp.Expression, as_of_version: int | None = None) -> exp.Expression:
+def with_reflected(query: exp.Expr, as_of_version: int | None = None) -> exp.Select:
     """``query`` with the CTE ``reflected`` it reads prepended."""
     assert isinstance(query, exp.Select)
     ctes = query.args.get("with_")
@@ -259,7 +268,7 @@ def effective_events(
     external_customer_id: str | None = None,
     units: str | None = None,
     as_of_version: int | None = None,
-) -> exp.Expression:
+) -> exp.Select:
     """The effective events, optionally restricted to a timeframe, a customer, and the
     (customer, hour) cells listed in the table ``units``; now or as of a version.
 
@@ -299,7 +308,7 @@ LEFT JOIN effective AS e ON e.idempotency_key = s.idempotency_key AND e.version 
 """
 
 
-def all_events() -> exp.Expression:
+def all_events() -> exp.Expr:
     """Every stored row with its source, version, kind and whether it is effective now."""
     return bind(_ALL_EVENTS, ctes={"effective": effective_events()})
 
@@ -310,12 +319,12 @@ def all_events() -> exp.Expression:
 def deprecation_rows(
     *,
     backfill_id: str,
-    source: exp.Expression,
+    source: exp.Expr,
     timeframe_start: datetime,
     timeframe_end: datetime,
     customer_id: str | None,
     external_customer_id: str | None,
-    condition: exp.Expression | None,
+    condition: exp.Expr | None,
     before_version: int | None,
 ) -> exp.Select:
     """``(backfill_id, idempotency_key, version)`` of the rows in ``source`` that the backfill
@@ -348,15 +357,18 @@ def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
     for error messages). Missing input columns become NULL so validation can name them.
     """
 
-    def col(name: str) -> exp.Expression:
+    def col(name: str) -> exp.Expr:
         return exp.column(name, quoted=True) if name in column_types else exp.null()
 
-    def text(name: str) -> exp.Expression:
+    def text(name: str) -> exp.Expr:
         return exp.cast(col(name), "VARCHAR")
 
     ts_type = column_types.get("timestamp", "")
+    timestamp_text: exp.Expr = text("timestamp")
     if ts_type.startswith("TIMESTAMP WITH TIME ZONE"):
-        timestamp: exp.Expression = exp.cast(col("timestamp"), "TIMESTAMP")
+        # Formatting every typed time as text would cost seconds per million rows.
+        timestamp: exp.Expr = exp.cast(col("timestamp"), "TIMESTAMP")
+        timestamp_text = exp.cast(exp.null(), "VARCHAR")
     elif ts_type in ("VARCHAR", "JSON", ""):
         raw = text("timestamp")
         timestamp = exp.If(
@@ -367,7 +379,7 @@ def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
         timestamp = exp.cast(exp.null(), "TIMESTAMP")
 
     props_type = column_types.get("properties", "")
-    properties: exp.Expression
+    properties: exp.Expr
     if props_type.startswith(("STRUCT", "MAP")):
         # A struct column has every key on every row; NULL members mean "absent".
         properties = exp.func(
@@ -377,7 +389,7 @@ def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
         properties = text("properties")
 
     # Arrow inputs arrive with their row numbers; a window would serialize the scan.
-    ordinal: exp.Expression = (
+    ordinal: exp.Expr = (
         exp.column(ORDINAL_COLUMN, quoted=True)
         if ORDINAL_COLUMN in column_types
         else exp.Window(this=exp.func("row_number"))
@@ -390,7 +402,8 @@ def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
         exp.alias_(text("customer_id"), "customer_id"),
         exp.alias_(text("external_customer_id"), "external_customer_id"),
         exp.alias_(exp.cast(properties, "VARCHAR"), "properties"),
-        exp.alias_(text("timestamp"), "timestamp_text"),
+        exp.alias_(col("timestamp").is_(exp.null()).not_(), "timestamp_given"),
+        exp.alias_(timestamp_text, "timestamp_text"),
         exp.alias_(
             exp.column(UNKNOWN_FIELDS_COLUMN, quoted=True)
             if UNKNOWN_FIELDS_COLUMN in column_types
@@ -418,10 +431,12 @@ WITH checked AS (
           THEN 'idempotency_key is required' END,
      CASE WHEN i.event_name IS NULL OR i.event_name = '' THEN 'event_name is required' END,
      CASE WHEN len(i.unknown_fields) > 0
-          THEN 'unknown field ' || array_to_string(list_transform(i.unknown_fields, f -> '''' || f || ''''), ', ') END,
-     CASE WHEN i.timestamp_text IS NULL THEN 'timestamp is required'
+          THEN 'unknown field '
+               || array_to_string(list_transform(i.unknown_fields, f -> '''' || f || ''''), ', ')
+          END,
+     CASE WHEN NOT i.timestamp_given THEN 'timestamp is required'
           WHEN i."timestamp" IS NULL
-          THEN 'timestamp ''' || i.timestamp_text
+          THEN 'timestamp ''' || coalesce(i.timestamp_text, '?')
                || ''' is not an ISO-8601 time in UTC (for example 2020-12-09T16:09:53Z)' END,
      CASE WHEN i.customer_id IS NOT NULL AND i.external_customer_id IS NOT NULL
           THEN 'give exactly one of customer_id and external_customer_id, not both'
@@ -461,8 +476,10 @@ property_problems AS (
          WHEN p.type = 'DOUBLE' AND NOT isfinite(TRY_CAST(CAST(p.atom AS VARCHAR) AS DOUBLE))
          THEN 'property ''' || p.key || ''' must be a finite number'
     END AS problem
-  FROM incoming AS i, json_each(i.properties) AS p
-  WHERE json_valid(i.properties) AND json_type(i.properties) = 'OBJECT'
+  FROM (SELECT * FROM incoming
+        WHERE regexp_matches(properties, :suspicious)
+          AND json_valid(properties) AND json_type(properties) = 'OBJECT') AS i,
+       json_each(i.properties) AS p
 ),
 conflicting_keys AS (
   SELECT r.idempotency_key, any_value(r.copies) AS copies
@@ -497,8 +514,8 @@ def ingest_problems(
     timeframe_start: datetime | None = None,
     timeframe_end: datetime | None = None,
     timeframe_text: str = "",
-    scope: exp.Expression | None = None,
-) -> exp.Expression:
+    scope: exp.Expr | None = None,
+) -> exp.Expr:
     """Every problem of the rows in ``incoming``: ``(ordinal, idempotency_key, problem)``."""
     return bind(
         _INGEST_PROBLEMS,
@@ -513,10 +530,11 @@ def ingest_problems(
         scoped=scope is not None,
         scope=_qualify(scope, "i") if scope is not None else exp.null(),
         int64_max=INT64_MAX,
+        suspicious=_SUSPICIOUS_PROPERTIES,
     )
 
 
-def _qualify(tree: exp.Expression, table: str) -> exp.Expression:
+def _qualify(tree: exp.Expr, table: str) -> exp.Expr:
     tree = tree.copy()
     for column in tree.find_all(exp.Column):
         if not column.table:
@@ -531,12 +549,16 @@ SELECT i.ordinal, i.idempotency_key, i.event_name, i."timestamp", i.customer_id,
        i.external_customer_id, CAST(i.properties AS JSON) AS properties,
        EXISTS (SELECT 1 FROM known AS k WHERE k.idempotency_key = i.idempotency_key) AS duplicate
 FROM incoming AS i
-WHERE :all_keys_distinct
-   OR i.ordinal IN (SELECT min(ordinal) FROM incoming GROUP BY idempotency_key)
+WHERE :first_copy
+"""
+
+# DuckDB does not fold `TRUE OR <subquery>`, so the repeated-key case is a separate tree.
+_FIRST_ORDINALS = """
+i.ordinal IN (SELECT min(ordinal) FROM incoming GROUP BY idempotency_key)
 """
 
 
-def first_copies(*, backfill_id: str | None, all_keys_distinct: bool) -> exp.Expression:
+def first_copies(*, backfill_id: str | None, all_keys_distinct: bool) -> exp.Expr:
     """Rows of ``incoming`` to consider for writing, one per key, with a ``duplicate`` flag."""
     if backfill_id is None:
         known = (
@@ -550,12 +572,12 @@ def first_copies(*, backfill_id: str | None, all_keys_distinct: bool) -> exp.Exp
             .from_(table_ref(STAGED_EVENTS))
             .where(exp.column("backfill_id").eq(exp.convert(backfill_id)))
         )
-    return bind(_FIRST_COPIES, ctes={"known": known}, all_keys_distinct=all_keys_distinct)
+    first_copy = exp.true() if all_keys_distinct else template(_FIRST_ORDINALS).copy()
+    return bind(_FIRST_COPIES, ctes={"known": known}, first_copy=first_copy)
 
 
-def insert_rows(table: Table, select: exp.Expression, columns: Sequence[str] | None = None) -> exp.Insert:
+def insert_rows(table: Table, select: exp.Expr, columns: Sequence[str] | None = None) -> exp.Insert:
     """``INSERT INTO lake.main.<table> (<columns>) <select>``."""
-    target: exp.Expression = table_ref(table)
     names = columns if columns is not None else table.column_names
-    target = exp.Schema(this=target, expressions=[exp.to_identifier(n) for n in names])
-    return exp.insert(select, target)
+    target = exp.Schema(this=table_ref(table), expressions=[exp.to_identifier(n) for n in names])
+    return exp.Insert(this=target, expression=select)

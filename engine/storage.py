@@ -39,7 +39,7 @@ Relation = duckdb.DuckDBPyRelation
 _DIALECT = "duckdb"
 
 
-def render(tree: exp.Expression) -> str:
+def render(tree: exp.Expr) -> str:
     """The one function that turns a statement tree into DuckDB SQL text."""
     return tree.sql(dialect=_DIALECT)
 
@@ -69,9 +69,7 @@ def _partition_ddl(table: Table) -> exp.Command:
     # sqlglot has no node for DuckLake's SET PARTITIONED BY, so the statement is a Command
     # whose parts are themselves rendered trees from the schema module.
     name = render(exp.table_(table.name, db="main", catalog=CATALOG))
-    keys = ", ".join(
-        render(exp.maybe_parse(key, dialect=_DIALECT)) for key in table.partitioned_by
-    )
+    keys = ", ".join(render(exp.maybe_parse(key, dialect=_DIALECT)) for key in table.partitioned_by)
     return exp.Command(this="ALTER", expression=f"TABLE {name} SET PARTITIONED BY ({keys})")
 
 
@@ -100,11 +98,27 @@ class Storage:
             (duckdb_extension_sqlite_scanner, "sqlite_scanner"),
         ):
             self._connection.execute(
-                render(exp.Command(this="LOAD", expression=render(exp.Literal.string(str(_extension_file(module, name))))))
+                render(
+                    exp.Command(
+                        this="LOAD",
+                        expression=render(exp.Literal.string(str(_extension_file(module, name)))),
+                    )
+                )
             )
         # Instants are stored as UTC; casts from zoned text must convert to UTC too.
-        self._connection.execute(render(exp.Set(expressions=[exp.SetItem(this=exp.EQ(
-            this=exp.var("TimeZone"), expression=exp.Literal.string("UTC")))])))
+        self._connection.execute(
+            render(
+                exp.Set(
+                    expressions=[
+                        exp.SetItem(
+                            this=exp.EQ(
+                                this=exp.var("TimeZone"), expression=exp.Literal.string("UTC")
+                            )
+                        )
+                    ]
+                )
+            )
+        )
         attach = exp.Attach(
             this=exp.alias_(
                 exp.Literal.string(f"ducklake:sqlite:{path / 'catalog.sqlite'}"), CATALOG
@@ -127,27 +141,32 @@ class Storage:
 
     # -- statements ---------------------------------------------------------------------------
 
-    def execute(self, tree: exp.Expression, parameters: Sequence[Any] | None = None) -> None:
+    def execute(self, tree: exp.Expr, parameters: Sequence[Any] | None = None) -> None:
         with self._mutex:
             self._connection.execute(render(tree), parameters)
 
-    def rows(self, tree: exp.Expression, parameters: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    def rows(
+        self, tree: exp.Expr, parameters: Sequence[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         with self._mutex:
             return self._connection.execute(render(tree), parameters).fetchall()
 
-    def one(self, tree: exp.Expression) -> tuple[Any, ...] | None:
+    def one(self, tree: exp.Expr) -> tuple[Any, ...] | None:
         with self._mutex:
             return self._connection.execute(render(tree)).fetchone()
 
-    def arrow(self, tree: exp.Expression) -> pa.Table:
+    def arrow(self, tree: exp.Expr) -> pa.Table:
         with self._mutex:
             return self._connection.execute(render(tree)).to_arrow_table()
 
-    def column_types(self, tree: exp.Expression) -> dict[str, str]:
+    def column_types(self, tree: exp.Expr) -> dict[str, str]:
         """Names and DuckDB types of the columns ``tree`` would return, without running it."""
         with self._mutex:
             relation = self._connection.sql(render(tree))
-            return {name: str(type_) for name, type_ in zip(relation.columns, relation.types)}
+            return {
+                name: str(type_)
+                for name, type_ in zip(relation.columns, relation.types, strict=True)
+            }
 
     def relation(self, sql: str) -> Relation:
         """A lazy DuckDB relation for exploration SQL that the caller has already checked."""

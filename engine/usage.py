@@ -107,9 +107,7 @@ def _cells(metric: _Registered, source: str) -> exp.Select:
         )
         .from_(exp.to_table(source).as_("e"))
         .where(parsed.where(table="e"))
-        .group_by(
-            customer_key(table="e"), hour_bucket(table="e"), parsed.group_value(table="e")
-        )
+        .group_by(customer_key(table="e"), hour_bucket(table="e"), parsed.group_value(table="e"))
         .having(exp.func("count", value) > exp.Literal.number(0))
     )
 
@@ -137,7 +135,7 @@ def _numeric(parsed: ParsedMetric) -> bool:
     return parsed.aggregate in (Aggregate.SUM, Aggregate.MIN, Aggregate.MAX, Aggregate.AVG)
 
 
-def _merged_value(parsed: ParsedMetric) -> exp.Expression:
+def _merged_value(parsed: ParsedMetric) -> exp.Expr:
     """The metric's value over a group of cells (``c``) or distinct rows."""
     column = {
         Aggregate.COUNT: exp.func("sum", exp.column("events", table="c")),
@@ -166,7 +164,8 @@ SELECT coalesce(c.customer_id, by_external.id) AS customer_id,
        :value AS value
 FROM cells AS c
 LEFT JOIN lake.main.customers AS by_id ON by_id.id = c.customer_id
-LEFT JOIN lake.main.customers AS by_external ON by_external.external_customer_id = c.external_customer_id
+LEFT JOIN lake.main.customers AS by_external
+  ON by_external.external_customer_id = c.external_customer_id
 WHERE c.metric_id = :metric_id AND c.bucket >= :hour_start AND c.bucket < :timeframe_end
   AND :customer_filter
 GROUP BY 1, 2, 3, 4, 5
@@ -352,7 +351,9 @@ class Usage:
                     insert_rows(USAGE_DISTINCT, _distinct_values(metric, source), _DISTINCT_COLUMNS)
                 )
 
-    def rebuild(self, metric_ids: list[str] | None = None, *, progress: Progress | None = None) -> None:
+    def rebuild(
+        self, metric_ids: list[str] | None = None, *, progress: Progress | None = None
+    ) -> None:
         """Recompute the cells of some metrics (all by default) from every effective event."""
         metrics = self._registered(metric_ids)
         storage = self._context.storage
@@ -435,7 +436,10 @@ class Usage:
         touched units, the value before and after, where they differ."""
         storage = self._context.storage
         bounds = storage.one(
-            bind("SELECT min(date_trunc('day', bucket)), max(date_trunc('day', bucket)) FROM affected_units")
+            bind(
+                "SELECT min(date_trunc('day', bucket)), max(date_trunc('day', bucket)) "
+                "FROM affected_units"
+            )
         )
         frames = []
         if bounds is not None and bounds[0] is not None:
@@ -448,29 +452,36 @@ class Usage:
                     name: self._usage_query(
                         metric, source, start, end, None, None, "day", grouped=False
                     )
-                    for name, source in (("before_usage", before), ("after_usage", after.subquery("a")))
-                }
-                frames.append(
-                    pl.from_arrow(
-                        storage.arrow(bind(_PREVIEW, metric_id=metric.metric.id, ctes=sides))
+                    for name, source in (
+                        ("before_usage", before),
+                        ("after_usage", after.subquery("a")),
                     )
+                }
+                diff = pl.from_arrow(
+                    storage.arrow(bind(_PREVIEW, metric_id=metric.metric.id, ctes=sides))
                 )
-        columns = {
-            "metric_id": pl.String,
-            "customer_id": pl.String,
-            "external_customer_id": pl.String,
-            "timeframe_start": pl.Datetime("us"),
-            "before": pl.Float64,
-            "after": pl.Float64,
-            "delta": pl.Float64,
-        }
-        frame = pl.concat([pl.DataFrame(schema=columns), *frames], how="vertical_relaxed")  # type: ignore[list-item]
+                assert isinstance(diff, pl.DataFrame)
+                frames.append(diff)
+        empty = pl.DataFrame(
+            schema=pl.Schema(
+                {
+                    "metric_id": pl.String(),
+                    "customer_id": pl.String(),
+                    "external_customer_id": pl.String(),
+                    "timeframe_start": pl.Datetime("us"),
+                    "before": pl.Float64(),
+                    "after": pl.Float64(),
+                    "delta": pl.Float64(),
+                }
+            )
+        )
+        frame = pl.concat([empty, *frames], how="vertical_relaxed")
         return frame.with_columns(pl.col("timeframe_start").dt.replace_time_zone("UTC"))
 
     def _usage_query(
         self,
         metric: _Registered,
-        source: exp.Expression,
+        source: exp.Expr,
         start: datetime,
         end: datetime,
         customer_id: str | None,
@@ -478,11 +489,11 @@ class Usage:
         granularity: Granularity,
         *,
         grouped: bool = True,
-    ) -> exp.Expression:
+    ) -> exp.Expr:
         bucket = exp.column("bucket", table="c")
         if granularity is None:
-            window_start: exp.Expression = exp.convert(start)
-            window_end: exp.Expression = exp.convert(end)
+            window_start: exp.Expr = exp.convert(start)
+            window_end: exp.Expr = exp.convert(end)
         else:
             window_start = exp.func("date_trunc", exp.Literal.string(granularity), bucket)
             window_end = exp.Add(
@@ -491,11 +502,13 @@ class Usage:
                     this=exp.Literal.string("1"), unit=exp.var(granularity.upper())
                 ),
             )
-        conditions: list[exp.Expression] = []
+        conditions: list[exp.Expr] = []
         if customer_id is not None:
             conditions.append(
                 exp.func(
-                    "coalesce", exp.column("customer_id", table="c"), exp.column("id", table="by_external")
+                    "coalesce",
+                    exp.column("customer_id", table="c"),
+                    exp.column("id", table="by_external"),
                 ).eq(exp.convert(customer_id))
             )
         if external_customer_id is not None:
@@ -528,7 +541,7 @@ class Usage:
         customer_id: str | None,
         external_customer_id: str | None,
         as_of_version: int | None,
-    ) -> tuple[exp.Expression, exp.Expression]:
+    ) -> tuple[exp.Expr, exp.Expr]:
         """Cells computed straight from effective events (timeframe not on hour boundaries, or
         usage as of an earlier version). Events outside ``[start, end)`` are left out, so a
         partial hour counts only its part."""
@@ -577,7 +590,9 @@ class Usage:
         with storage.read():
             storage.execute(create_temp_table("verify_events", effective_events()))
             for metric in metrics:
-                storage.execute(create_temp_table("expected_cells", _cells(metric, "verify_events")))
+                storage.execute(
+                    create_temp_table("expected_cells", _cells(metric, "verify_events"))
+                )
                 rows = storage.arrow(
                     bind(
                         _VERIFY_CELLS,
@@ -607,7 +622,9 @@ class Usage:
                 mismatches += [{"metric_id": metric.metric.id, **row} for row in rows]
         return mismatches
 
-    def volume(self, *, timeframe_start: datetime | str, timeframe_end: datetime | str | None) -> pl.DataFrame:
+    def volume(
+        self, *, timeframe_start: datetime | str, timeframe_end: datetime | str | None
+    ) -> pl.DataFrame:
         """Hourly counts of effective events by event time (Orb's event volume)."""
         start = _floor_hour(as_utc(timeframe_start, field="timeframe_start"))
         end = (
@@ -645,7 +662,8 @@ FULL OUTER JOIN expected_cells AS e
  AND a.group_value IS NOT DISTINCT FROM e.group_value
 WHERE a.customer_key IS NULL OR e.customer_key IS NULL
    OR a.events <> e.events
-   OR abs(coalesce(a.total, 0) - coalesce(e.total, 0)) > 1e-9 * greatest(1, abs(coalesce(e.total, 0)))
+   OR abs(coalesce(a.total, 0) - coalesce(e.total, 0))
+      > 1e-9 * greatest(1, abs(coalesce(e.total, 0)))
    OR a.minimum IS DISTINCT FROM e.minimum OR a.maximum IS DISTINCT FROM e.maximum
 ORDER BY 1, 2, 3
 """
@@ -684,13 +702,19 @@ ORDER BY 2 NULLS LAST, 3 NULLS LAST, 4
 def _in_affected_days(source: exp.Table) -> exp.Select:
     """Rows of a cells table in the (customer, day)s of ``affected_units``."""
     day = exp.func("date_trunc", exp.Literal.string("day"), exp.column("bucket"))
-    return exp.select("*").from_(source).where(
-        exp.Exists(
-            this=exp.select(exp.Literal.number(1))
-            .from_(exp.to_table("affected_units").as_("u"))
-            .where(
-                exp.column("customer_key", table="u").eq(exp.column("customer_key"))
-                & exp.func("date_trunc", exp.Literal.string("day"), exp.column("bucket", table="u")).eq(day)
+    return (
+        exp.select("*")
+        .from_(source)
+        .where(
+            exp.Exists(
+                this=exp.select(exp.Literal.number(1))
+                .from_(exp.to_table("affected_units").as_("u"))
+                .where(
+                    exp.column("customer_key", table="u").eq(exp.column("customer_key"))
+                    & exp.func(
+                        "date_trunc", exp.Literal.string("day"), exp.column("bucket", table="u")
+                    ).eq(day)
+                )
             )
         )
     )
@@ -704,20 +728,21 @@ def _resolved_id(context: Context, customer_id: str | None, external: str | None
     if customer_id is not None or external is None:
         return customer_id
     row = context.storage.one(
-        exp.select("id").from_(table_ref("customers")).where(
-            exp.column("external_customer_id").eq(exp.convert(external))
-        )
+        exp.select("id")
+        .from_(table_ref("customers"))
+        .where(exp.column("external_customer_id").eq(exp.convert(external)))
     )
     return row[0] if row else None
 
 
-def _resolved_external(context: Context, customer_id: str | None, external: str | None) -> str | None:
+def _resolved_external(
+    context: Context, customer_id: str | None, external: str | None
+) -> str | None:
     if external is not None or customer_id is None:
         return external
     row = context.storage.one(
-        exp.select("external_customer_id").from_(table_ref("customers")).where(
-            exp.column("id").eq(exp.convert(customer_id))
-        )
+        exp.select("external_customer_id")
+        .from_(table_ref("customers"))
+        .where(exp.column("id").eq(exp.convert(customer_id)))
     )
     return row[0] if row else None
-

@@ -22,8 +22,7 @@ SELECT
   ) AS duplicate
 FROM incoming AS i
 WHERE
-  FALSE
-  OR i.ordinal IN (
+  i.ordinal IN (
     SELECT
       MIN(ordinal)
     FROM incoming

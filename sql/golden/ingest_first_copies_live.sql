@@ -22,11 +22,4 @@ SELECT
   ) AS duplicate
 FROM incoming AS i
 WHERE
-  TRUE
-  OR i.ordinal IN (
-    SELECT
-      MIN(ordinal)
-    FROM incoming
-    GROUP BY
-      idempotency_key
-  );
+  TRUE;

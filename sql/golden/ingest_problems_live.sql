@@ -16,10 +16,10 @@ WITH checked AS (
         THEN 'unknown field ' || ARRAY_TO_STRING(LIST_TRANSFORM(i.unknown_fields, LAMBDA f : '''' || f || ''''), ', ')
       END,
       CASE
-        WHEN i.timestamp_text IS NULL
+        WHEN NOT i.timestamp_given
         THEN 'timestamp is required'
         WHEN i."timestamp" IS NULL
-        THEN 'timestamp ''' || i.timestamp_text || ''' is not an ISO-8601 time in UTC (for example 2020-12-09T16:09:53Z)'
+        THEN 'timestamp ''' || COALESCE(i.timestamp_text, '?') || ''' is not an ISO-8601 time in UTC (for example 2020-12-09T16:09:53Z)'
       END,
       CASE
         WHEN NOT i.customer_id IS NULL AND NOT i.external_customer_id IS NULL
@@ -75,9 +75,15 @@ WITH checked AS (
       WHEN p.type = 'DOUBLE' AND NOT ISFINITE(TRY_CAST(CAST(p.atom AS TEXT) AS DOUBLE))
       THEN 'property ''' || p.key || ''' must be a finite number'
     END AS problem
-  FROM incoming AS i, JSON_EACH(i.properties) AS p
-  WHERE
-    JSON_VALID(i.properties) AND JSON_TYPE(i.properties) = 'OBJECT'
+  FROM (
+    SELECT
+      *
+    FROM incoming
+    WHERE
+      REGEXP_MATCHES(properties, '\{.*\{|\[|null|NaN|Infinity|[0-9]{16}|[0-9.][eE]')
+      AND JSON_VALID(properties)
+      AND JSON_TYPE(properties) = 'OBJECT'
+  ) AS i, JSON_EACH(i.properties) AS p
 ), conflicting_keys AS (
   SELECT
     r.idempotency_key,

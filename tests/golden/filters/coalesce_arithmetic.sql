@@ -1,0 +1,3 @@
+(
+  COALESCE(TRY_CAST(CAST(JSON_EXTRACT(properties, '/tokens') AS TEXT) AS DOUBLE), 0) + CAST(1 AS DOUBLE)
+) > 5

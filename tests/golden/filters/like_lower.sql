@@ -1,0 +1,6 @@
+LOWER(
+  CASE
+    WHEN JSON_TYPE(properties, '/model') = 'VARCHAR'
+    THEN JSON_EXTRACT_STRING(properties, '/model')
+  END
+) LIKE 'gpt%'

@@ -1,0 +1,1 @@
+TRY_CAST(CAST(JSON_EXTRACT(properties, '/tokens') AS TEXT) AS DOUBLE) > 100

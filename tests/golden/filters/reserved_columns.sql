@@ -1,0 +1,1 @@
+event_name = 'api_call' AND customer_id IN ('c1', 'c2')

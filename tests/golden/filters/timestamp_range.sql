@@ -1,0 +1,2 @@
+"timestamp" >= CAST('2024-05-01 00:00:00' AS TIMESTAMP)
+AND "timestamp" < CAST('2024-06-01 00:00:00' AS TIMESTAMP)
