@@ -22,8 +22,8 @@ from engine.errors import ConstraintViolation, ResourceConflict, ResourceNotFoun
 from engine.filters import parse_filter, translate_filter
 from engine.ingest import Ingestor
 from engine.models import Backfill, BackfillStatus, IngestResult, Page
-from engine.queries import bind, deprecation_rows, insert_rows, table_ref
-from engine.schema import BACKFILLS, DEPRECATIONS, STORED_EVENTS
+from engine.queries import bind, deprecation_rows, insert_rows, supersession_rows, table_ref
+from engine.schema import BACKFILLS, DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS, SUPERSESSIONS
 from engine.usage import Usage
 
 __all__ = ["Backfills"]
@@ -368,6 +368,19 @@ class Backfills:
                 before_version=version,
             )
             storage.execute(insert_rows(DEPRECATIONS, deprecated))
+        staged_keys = (
+            exp.select("idempotency_key")
+            .from_(table_ref(STAGED_EVENTS))
+            .where(exp.column("backfill_id").eq(exp.convert(backfill.id)))
+        )
+        storage.execute(
+            insert_rows(
+                SUPERSESSIONS,
+                supersession_rows(
+                    newer=staged_keys, by_version=version, by_backfill_id=backfill.id
+                ),
+            )
+        )
         storage.execute(
             insert_rows(
                 STORED_EVENTS, bind(_PROMOTE_STAGED, version=version, backfill_id=backfill.id)

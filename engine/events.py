@@ -21,9 +21,10 @@ from engine.queries import (
     effective_events,
     insert_rows,
     latest_rows,
+    supersession_rows,
     with_reflected,
 )
-from engine.schema import STORED_EVENTS
+from engine.schema import STORED_EVENTS, SUPERSESSIONS
 from engine.usage import Usage
 
 __all__ = ["Events", "events_frame"]
@@ -36,7 +37,7 @@ SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, l.external
        l.kind = 'tombstone' AS tombstoned,
        EXISTS (
          SELECT 1 FROM lake.main.deprecations AS d
-         WHERE d.backfill_id IN (SELECT id FROM reflected)
+         WHERE d.backfill_id IN (SELECT r.id FROM reflected AS r)
            AND d.idempotency_key = l.idempotency_key AND d.version = l.version) AS replaced
 FROM latest AS l
 """
@@ -173,6 +174,14 @@ class Events:
                 )
             )
             storage.execute(insert_rows(STORED_EVENTS, tombstone))
+            storage.execute(
+                insert_rows(
+                    SUPERSESSIONS,
+                    supersession_rows(
+                        newer=_keys([event_id]), by_version=version, by_backfill_id=None
+                    ),
+                )
+            )
             self._usage.refresh_changed(version=version)
             context.record_commit(version, "deprecate", events=1)
         return event_id
@@ -206,9 +215,10 @@ class Events:
 
 
 def _keys(keys: list[str]) -> exp.Expr:
-    return exp.select("key").from_(
+    """A one-column relation ``idempotency_key`` of the given keys."""
+    return exp.select("idempotency_key").from_(
         exp.Unnest(expressions=[exp.Array(expressions=[exp.convert(k) for k in keys])]).as_(
-            "k", table=["key"]
+            "k", table=["idempotency_key"]
         )
     )
 

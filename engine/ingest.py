@@ -37,9 +37,10 @@ from engine.queries import (
     ingest_problems,
     insert_rows,
     normalized_input,
+    supersession_rows,
     table_ref,
 )
-from engine.schema import DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS
+from engine.schema import DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS, SUPERSESSIONS
 from engine.usage import Usage
 
 __all__ = ["AmendmentIngestor", "Ingestor", "late_deprecations"]
@@ -166,9 +167,15 @@ class Ingestor:
             )
         )
         keys = storage.arrow(
-            exp.select("idempotency_key", "duplicate").from_("first_copies").order_by("ordinal")
+            exp.select("idempotency_key", "duplicate", "stored_before")
+            .from_("first_copies")
+            .order_by("ordinal")
         )
         flags = keys.column("duplicate").to_pylist()
+        # A live event may carry the key of a backfill's event: it becomes the newest version.
+        supersedes = pc.any(
+            pc.and_(pc.invert(keys.column("duplicate")), keys.column("stored_before"))
+        ).as_py()
         offered = keys.column("idempotency_key").to_pylist()
         written = [key for key, duplicate in zip(offered, flags, strict=True) if not duplicate]
         duplicates = [key for key, duplicate in zip(offered, flags, strict=True) if duplicate]
@@ -178,7 +185,17 @@ class Ingestor:
                 "external_customer_id, properties FROM first_copies WHERE NOT duplicate"
             )
             if backfill is None:
-                self._write_live(new_events, kind="event", count=len(written))
+                superseded_keys = (
+                    bind(
+                        "SELECT idempotency_key FROM first_copies "
+                        "WHERE NOT duplicate AND stored_before"
+                    )
+                    if supersedes
+                    else None
+                )
+                self._write_live(
+                    new_events, kind="event", count=len(written), superseding=superseded_keys
+                )
             else:
                 self._stage(backfill, new_events, count=len(written))
         return IngestResult(ingested=written, duplicates=duplicates)
@@ -207,7 +224,9 @@ class Ingestor:
             'SELECT idempotency_key, event_name, "timestamp", customer_id, '
             "external_customer_id, CAST(properties AS JSON) AS properties FROM incoming"
         )
-        return self._write_live(rows, kind=kind, count=1)
+        return self._write_live(
+            rows, kind=kind, count=1, superseding=bind("SELECT idempotency_key FROM incoming")
+        )
 
     # -- internals --------------------------------------------------------------------------
 
@@ -299,7 +318,11 @@ class Ingestor:
     #: False for amendments, which follow the event rules but not the live time window.
     _live_rules = True
 
-    def _write_live(self, rows: exp.Expr, *, kind: str, count: int) -> int:
+    def _write_live(
+        self, rows: exp.Expr, *, kind: str, count: int, superseding: exp.Expr | None
+    ) -> int:
+        """Write ``rows`` as live rows of one new version; ``superseding`` selects the keys
+        among them that have older stored rows."""
         context = self._context
         storage = context.storage
         version = context.next_version()
@@ -312,6 +335,13 @@ class Ingestor:
             ctes={"new_events": rows},
         )
         storage.execute(insert_rows(STORED_EVENTS, select))
+        if superseding is not None:
+            storage.execute(
+                insert_rows(
+                    SUPERSESSIONS,
+                    supersession_rows(newer=superseding, by_version=version, by_backfill_id=None),
+                )
+            )
         late_deprecations(context, version=version)
         self._usage.refresh_changed(version=version)
         context.record_commit(version, "ingest" if kind == "event" else kind, events=count)

@@ -16,7 +16,7 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from engine.schema import CATALOG, STAGED_EVENTS, STORED_EVENTS, Table
+from engine.schema import CATALOG, Table
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -37,6 +37,7 @@ __all__ = [
     "insert_rows",
     "latest_rows",
     "reflected_backfills",
+    "supersession_rows",
     "with_reflected",
     "first_copies",
     "normalized_input",
@@ -139,23 +140,34 @@ WHERE b.close_version IS NOT NULL AND b.revert_version IS NULL
 _LATEST = """
 SELECT s.*
 FROM lake.main.stored_events AS s
-WHERE (s.backfill_id IS NULL OR s.backfill_id IN (SELECT id FROM reflected))
+WHERE (s.backfill_id IS NULL OR s.backfill_id IN (SELECT r.id FROM reflected AS r))
   AND :version_restriction
   AND :key_restriction
 QUALIFY row_number() OVER (PARTITION BY s.idempotency_key ORDER BY s.version DESC) = 1
 """
 
+# DESIGN section 2, effective events: candidate rows (live, or of a reflected backfill) that no
+# newer candidate row of their key supersedes, that are not tombstones, and that no reflected
+# backfill deprecates. Two anti-joins against small tables; no window over all events.
 _EFFECTIVE = """
 SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, l.external_customer_id,
        l.properties, l.version, l.backfill_id
-FROM latest AS l
-WHERE l.kind <> 'tombstone'
+FROM lake.main.stored_events AS l
+WHERE (l.backfill_id IS NULL OR l.backfill_id IN (SELECT r.id FROM reflected AS r))
+  AND l.kind <> 'tombstone'
+  AND :row_restriction
+  AND NOT EXISTS (
+    SELECT 1
+    FROM lake.main.supersessions AS s
+    WHERE s.idempotency_key = l.idempotency_key AND s.version = l.version
+      AND (s.by_backfill_id IS NULL OR s.by_backfill_id IN (SELECT r.id FROM reflected AS r))
+      AND :supersession_restriction)
   AND NOT EXISTS (
     SELECT 1
     FROM lake.main.deprecations AS d
-    WHERE d.backfill_id IN (SELECT id FROM reflected)
-      AND d.idempotency_key = l.idempotency_key AND d.version = l.version)
-  AND :row_restriction
+    WHERE d.idempotency_key = l.idempotency_key AND d.version = l.version
+      AND d.backfill_id IN (SELECT r.id FROM reflected AS r)
+      AND :deprecation_restriction)
 """
 
 
@@ -272,30 +284,31 @@ def effective_events(
     """The effective events, optionally restricted to a timeframe, a customer, and the
     (customer, hour) cells listed in the table ``units``; now or as of a version.
 
-    A restriction narrows the keys considered first (so DuckLake prunes day partitions), then
-    applies to the winning rows: a newer version of a key may have moved to another time.
+    Restrictions apply to stored rows directly (DuckLake prunes day partitions): whether a
+    row is superseded is recorded in ``supersessions``, wherever the newer row lies in time.
     """
     row_conditions = _in_timeframe(timeframe_start, timeframe_end, table="l")
-    key_conditions = _in_timeframe(timeframe_start, timeframe_end, table=None)
+    deprecation_conditions = _in_timeframe(timeframe_start, timeframe_end, table="d")
+    supersession_conditions: list[exp.Expr] = []
     if customer_id is not None or external_customer_id is not None:
         row_conditions.append(customer_scope(customer_id, external_customer_id, table="l"))
-        key_conditions.append(customer_scope(customer_id, external_customer_id))
     if units is not None:
         row_conditions.append(_in_units(units, table="l"))
-        key_conditions.append(_in_units(units, table=None))
-    keys = None
-    if key_conditions:
-        keys = (
-            exp.select("idempotency_key")
-            .from_(table_ref(STORED_EVENTS))
-            .where(exp.and_(*key_conditions))
-        )
+    if as_of_version is not None:
+        version = exp.convert(as_of_version)
+        row_conditions.append(exp.column("version", table="l") <= version)
+        supersession_conditions.append(exp.column("superseded_by", table="s") <= version)
     query = bind(
         _EFFECTIVE,
-        ctes={"latest": latest_rows(keys=keys, as_of_version=as_of_version)},
-        row_restriction=exp.and_(*row_conditions) if row_conditions else exp.true(),
+        row_restriction=_all(row_conditions),
+        supersession_restriction=_all(supersession_conditions),
+        deprecation_restriction=_all(deprecation_conditions),
     )
     return with_reflected(query, as_of_version)
+
+
+def _all(conditions: list[exp.Expr]) -> exp.Expr:
+    return exp.and_(*conditions) if conditions else exp.true()
 
 
 _ALL_EVENTS = """
@@ -327,9 +340,9 @@ def deprecation_rows(
     condition: exp.Expr | None,
     before_version: int | None,
 ) -> exp.Select:
-    """``(backfill_id, idempotency_key, version)`` of the rows in ``source`` that the backfill
-    deprecates: in its timeframe, in its customer scope, matching its filter and older than its
-    close (``before_version``; ``None`` for late live rows, which are all newer)."""
+    """Rows for ``deprecations``: the rows in ``source`` that the backfill deprecates: in its
+    timeframe, in its customer scope, matching its filter and older than its close
+    (``before_version``; ``None`` for late live rows, which are all newer)."""
     conditions = _in_timeframe(timeframe_start, timeframe_end, table=None)
     if customer_id is not None or external_customer_id is not None:
         conditions.append(customer_scope(customer_id, external_customer_id))
@@ -339,10 +352,36 @@ def deprecation_rows(
         conditions.append(exp.column("version") < exp.convert(before_version))
     return (
         exp.select(
-            exp.alias_(exp.convert(backfill_id), "backfill_id"), "idempotency_key", "version"
+            exp.alias_(exp.convert(backfill_id), "backfill_id"),
+            "idempotency_key",
+            "version",
+            "customer_id",
+            "external_customer_id",
+            exp.column("timestamp", quoted=True),
         )
         .from_(source)
         .where(exp.and_(*conditions))
+    )
+
+
+# Every older stored row of the keys in `newer`, paired with the row written at :by_version.
+_SUPERSEDED = """
+SELECT s.idempotency_key, s.version, CAST(:by_version AS BIGINT) AS superseded_by,
+       CAST(:by_backfill_id AS VARCHAR) AS by_backfill_id,
+       s.customer_id, s.external_customer_id, s."timestamp"
+FROM lake.main.stored_events AS s
+WHERE s.idempotency_key IN (SELECT n.idempotency_key FROM newer AS n) AND s.version < :by_version
+"""
+
+
+def supersession_rows(*, newer: exp.Expr, by_version: int, by_backfill_id: str | None) -> exp.Expr:
+    """Rows for ``supersessions``: each older stored row of the keys ``newer`` selects, paired
+    with the version (and backfill) of the row that now has the key's newest version."""
+    return bind(
+        _SUPERSEDED,
+        ctes={"newer": newer},
+        by_version=by_version,
+        by_backfill_id=by_backfill_id,
     )
 
 
@@ -547,9 +586,24 @@ def _qualify(tree: exp.Expr, table: str) -> exp.Expr:
 _FIRST_COPIES = """
 SELECT i.ordinal, i.idempotency_key, i.event_name, i."timestamp", i.customer_id,
        i.external_customer_id, CAST(i.properties AS JSON) AS properties,
-       EXISTS (SELECT 1 FROM known AS k WHERE k.idempotency_key = i.idempotency_key) AS duplicate
+       coalesce(k.duplicate, FALSE) AS duplicate,
+       k.idempotency_key IS NOT NULL AS stored_before
 FROM incoming AS i
+LEFT JOIN known AS k ON k.idempotency_key = i.idempotency_key
 WHERE :first_copy
+"""
+
+_KNOWN_LIVE = """
+SELECT idempotency_key, bool_or(backfill_id IS NULL) AS duplicate
+FROM lake.main.stored_events
+WHERE idempotency_key IN (SELECT i.idempotency_key FROM incoming AS i)
+GROUP BY idempotency_key
+"""
+
+_KNOWN_STAGED = """
+SELECT DISTINCT idempotency_key, TRUE AS duplicate
+FROM lake.main.staged_events
+WHERE backfill_id = :backfill_id
 """
 
 # DuckDB does not fold `TRUE OR <subquery>`, so the repeated-key case is a separate tree.
@@ -559,19 +613,13 @@ i.ordinal IN (SELECT min(ordinal) FROM incoming GROUP BY idempotency_key)
 
 
 def first_copies(*, backfill_id: str | None, all_keys_distinct: bool) -> exp.Expr:
-    """Rows of ``incoming`` to consider for writing, one per key, with a ``duplicate`` flag."""
+    """Rows of ``incoming`` to consider for writing, one per key, flagged ``duplicate`` (a live
+    row of the key exists, or for a backfill batch a staged row of this backfill) and
+    ``stored_before`` (the key has stored rows, which the new row will supersede)."""
     if backfill_id is None:
-        known = (
-            exp.select("idempotency_key")
-            .from_(table_ref(STORED_EVENTS))
-            .where(exp.column("backfill_id").is_(exp.null()))
-        )
+        known = bind(_KNOWN_LIVE)
     else:
-        known = (
-            exp.select("idempotency_key")
-            .from_(table_ref(STAGED_EVENTS))
-            .where(exp.column("backfill_id").eq(exp.convert(backfill_id)))
-        )
+        known = bind(_KNOWN_STAGED, backfill_id=backfill_id)
     first_copy = exp.true() if all_keys_distinct else template(_FIRST_ORDINALS).copy()
     return bind(_FIRST_COPIES, ctes={"known": known}, first_copy=first_copy)
 

@@ -63,9 +63,38 @@ STORED_EVENTS = Table(
 
 STAGED_EVENTS = Table("staged_events", _columns(("backfill_id", "VARCHAR"), *_EVENT_BODY))
 
+# Backfill -> the stored rows (key, version) it deprecates, with the row's customer and event
+# time, so reads of a time range prune to day partitions and a commit finds the usage cells it
+# touches without reading the events.
 DEPRECATIONS = Table(
     "deprecations",
-    _columns(("backfill_id", "VARCHAR"), ("idempotency_key", "VARCHAR"), ("version", "BIGINT")),
+    _columns(
+        ("backfill_id", "VARCHAR"),
+        ("idempotency_key", "VARCHAR"),
+        ("version", "BIGINT"),
+        ("customer_id", "VARCHAR"),
+        ("external_customer_id", "VARCHAR"),
+        ("timestamp", "TIMESTAMP"),
+    ),
+    partitioned_by=("year(timestamp)", "month(timestamp)", "day(timestamp)"),
+)
+
+# One row per (older stored row, newer row with the same key), written when the newer row is:
+# a row is superseded when a newer row of its key is a candidate (live, or of a reflected
+# backfill). Keeping the pairs makes "newest version per key" an anti-join against this small
+# table instead of a window over every stored event. The older row's customer and time are
+# kept so a commit finds the usage cells it touches without scanning the events.
+SUPERSESSIONS = Table(
+    "supersessions",
+    _columns(
+        ("idempotency_key", "VARCHAR"),
+        ("version", "BIGINT"),
+        ("superseded_by", "BIGINT"),
+        ("by_backfill_id", "VARCHAR"),
+        ("customer_id", "VARCHAR"),
+        ("external_customer_id", "VARCHAR"),
+        ("timestamp", "TIMESTAMP"),
+    ),
 )
 
 BACKFILLS = Table(
@@ -164,6 +193,7 @@ TABLES: tuple[Table, ...] = (
     STORED_EVENTS,
     STAGED_EVENTS,
     DEPRECATIONS,
+    SUPERSESSIONS,
     BACKFILLS,
     CUSTOMERS,
     COMMITS,

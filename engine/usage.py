@@ -34,7 +34,7 @@ from engine.queries import (
     insert_rows,
     table_ref,
 )
-from engine.schema import METRICS, STORED_EVENTS, USAGE_CELLS, USAGE_DISTINCT
+from engine.schema import METRICS, USAGE_CELLS, USAGE_DISTINCT
 
 __all__ = ["Granularity", "Metrics", "Progress", "Usage"]
 
@@ -45,22 +45,32 @@ _GRANULARITIES = ("hour", "day", "month")
 _CELL_COLUMNS = [c.name for c in USAGE_CELLS.columns]
 _DISTINCT_COLUMNS = [c.name for c in USAGE_DISTINCT.columns]
 
-# Units (customer, hour) touched by a commit: the rows it wrote or flipped (`changed`), every
-# stored version of their keys, and the rows a backfill deprecates (`deprecated`).
-_AFFECTED_UNITS = """
-SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket
-FROM lake.main.stored_events AS s
-WHERE s.idempotency_key IN (SELECT idempotency_key FROM changed)
-UNION
-SELECT :customer_key AS customer_key, :bucket AS bucket
-FROM deprecated AS s
+# Units (customer, hour) a commit touched: the rows it wrote, the older rows those supersede,
+# and (for a backfill close or revert) the rows the backfill deprecates. Each part reads a small
+# table or pruned files (by version, or by the backfill's timeframe).
+_TOUCHED_BY_VERSION = """
+SELECT customer_id, external_customer_id, "timestamp"
+FROM lake.main.stored_events WHERE version = :version
+UNION ALL
+SELECT customer_id, external_customer_id, "timestamp"
+FROM lake.main.supersessions WHERE superseded_by = :version
 """
 
-_DEPRECATED_BY = """
-SELECT s.customer_id, s.external_customer_id, s."timestamp"
-FROM lake.main.stored_events AS s
-JOIN lake.main.deprecations AS d ON d.idempotency_key = s.idempotency_key AND d.version = s.version
-WHERE d.backfill_id = :backfill_id AND s."timestamp" >= :start AND s."timestamp" < :end
+_TOUCHED_BY_BACKFILL = """
+SELECT customer_id, external_customer_id, "timestamp"
+FROM lake.main.stored_events
+WHERE version = :close_version AND backfill_id = :backfill_id
+UNION ALL
+SELECT customer_id, external_customer_id, "timestamp"
+FROM lake.main.supersessions WHERE by_backfill_id = :backfill_id
+UNION ALL
+SELECT customer_id, external_customer_id, "timestamp"
+FROM lake.main.deprecations
+WHERE backfill_id = :backfill_id AND "timestamp" >= :start AND "timestamp" < :end
+"""
+
+_AFFECTED_UNITS = """
+SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
 """
 
 
@@ -280,31 +290,26 @@ class Usage:
             return
         storage = self._context.storage
         if backfill_id is not None:
-            changed = (
-                exp.select("idempotency_key")
-                .from_(table_ref(STORED_EVENTS))
-                .where(exp.column("backfill_id").eq(exp.convert(backfill_id)))
-            )
             assert timeframe is not None
-            deprecated = bind(
-                _DEPRECATED_BY, backfill_id=backfill_id, start=timeframe[0], end=timeframe[1]
+            close_version = storage.one(
+                bind("SELECT close_version FROM lake.main.backfills WHERE id = :id", id=backfill_id)
+            )
+            assert close_version is not None
+            touched = bind(
+                _TOUCHED_BY_BACKFILL,
+                backfill_id=backfill_id,
+                close_version=close_version[0],
+                start=timeframe[0],
+                end=timeframe[1],
             )
         else:
             assert version is not None
-            changed = (
-                exp.select("idempotency_key")
-                .from_(table_ref(STORED_EVENTS))
-                .where(exp.column("version").eq(exp.convert(version)))
-            )
-            deprecated = bind(
-                'SELECT customer_id, external_customer_id, "timestamp" '
-                "FROM lake.main.stored_events WHERE FALSE"
-            )
+            touched = bind(_TOUCHED_BY_VERSION, version=version)
         units = bind(
             _AFFECTED_UNITS,
             customer_key=customer_key(table="s"),
             bucket=hour_bucket(table="s"),
-            ctes={"changed": changed, "deprecated": deprecated},
+            ctes={"touched": touched},
         )
         storage.execute(create_temp_table("affected_units", units))
         if capture_before:

@@ -27,7 +27,22 @@ CREATE TABLE IF NOT EXISTS lake.main.staged_events (
 CREATE TABLE IF NOT EXISTS lake.main.deprecations (
   backfill_id TEXT,
   idempotency_key TEXT,
-  version BIGINT
+  version BIGINT,
+  customer_id TEXT,
+  external_customer_id TEXT,
+  timestamp TIMESTAMP
+);
+
+ALTER TABLE lake.main.deprecations SET PARTITIONED BY (YEAR(timestamp), MONTH(timestamp), DAY(timestamp));
+
+CREATE TABLE IF NOT EXISTS lake.main.supersessions (
+  idempotency_key TEXT,
+  version BIGINT,
+  superseded_by BIGINT,
+  by_backfill_id TEXT,
+  customer_id TEXT,
+  external_customer_id TEXT,
+  timestamp TIMESTAMP
 );
 
 CREATE TABLE IF NOT EXISTS lake.main.backfills (

@@ -5,22 +5,6 @@ WITH effective AS (
     FROM lake.main.backfills AS b
     WHERE
       NOT b.close_version IS NULL AND b.revert_version IS NULL
-  ), latest AS (
-    SELECT
-      s.*
-    FROM lake.main.stored_events AS s
-    WHERE
-      (
-        s.backfill_id IS NULL OR s.backfill_id IN (
-          SELECT
-            id
-          FROM reflected
-        )
-      )
-      AND TRUE
-      AND TRUE
-    QUALIFY
-      ROW_NUMBER() OVER (PARTITION BY s.idempotency_key ORDER BY s.version DESC) = 1
   )
   SELECT
     l.idempotency_key,
@@ -31,23 +15,49 @@ WITH effective AS (
     l.properties,
     l.version,
     l.backfill_id
-  FROM latest AS l
+  FROM lake.main.stored_events AS l
   WHERE
-    l.kind <> 'tombstone'
+    (
+      l.backfill_id IS NULL
+      OR l.backfill_id IN (
+        SELECT
+          r.id
+        FROM reflected AS r
+      )
+    )
+    AND l.kind <> 'tombstone'
+    AND TRUE
+    AND NOT EXISTS(
+      SELECT
+        1
+      FROM lake.main.supersessions AS s
+      WHERE
+        s.idempotency_key = l.idempotency_key
+        AND s.version = l.version
+        AND (
+          s.by_backfill_id IS NULL
+          OR s.by_backfill_id IN (
+            SELECT
+              r.id
+            FROM reflected AS r
+          )
+        )
+        AND TRUE
+    )
     AND NOT EXISTS(
       SELECT
         1
       FROM lake.main.deprecations AS d
       WHERE
-        d.backfill_id IN (
-          SELECT
-            id
-          FROM reflected
-        )
-        AND d.idempotency_key = l.idempotency_key
+        d.idempotency_key = l.idempotency_key
         AND d.version = l.version
+        AND d.backfill_id IN (
+          SELECT
+            r.id
+          FROM reflected AS r
+        )
+        AND TRUE
     )
-    AND TRUE
 )
 SELECT
   s.idempotency_key,

@@ -1,7 +1,10 @@
 SELECT
   'bf_2' AS backfill_id,
   idempotency_key,
-  version
+  version,
+  customer_id,
+  external_customer_id,
+  "timestamp"
 FROM lake.main.stored_events
 WHERE
   timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)

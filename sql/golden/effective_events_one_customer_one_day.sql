@@ -4,34 +4,6 @@ WITH reflected AS (
   FROM lake.main.backfills AS b
   WHERE
     NOT b.close_version IS NULL AND b.revert_version IS NULL
-), latest AS (
-  SELECT
-    s.*
-  FROM lake.main.stored_events AS s
-  WHERE
-    (
-      s.backfill_id IS NULL OR s.backfill_id IN (
-        SELECT
-          id
-        FROM reflected
-      )
-    )
-    AND TRUE
-    AND (
-      s.idempotency_key IN (
-        SELECT
-          idempotency_key
-        FROM lake.main.stored_events
-        WHERE
-          timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
-          AND timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
-          AND (
-            external_customer_id = 'acme'
-          )
-      )
-    )
-  QUALIFY
-    ROW_NUMBER() OVER (PARTITION BY s.idempotency_key ORDER BY s.version DESC) = 1
 )
 SELECT
   l.idempotency_key,
@@ -42,26 +14,55 @@ SELECT
   l.properties,
   l.version,
   l.backfill_id
-FROM latest AS l
+FROM lake.main.stored_events AS l
 WHERE
-  l.kind <> 'tombstone'
-  AND NOT EXISTS(
-    SELECT
-      1
-    FROM lake.main.deprecations AS d
-    WHERE
-      d.backfill_id IN (
-        SELECT
-          id
-        FROM reflected
-      )
-      AND d.idempotency_key = l.idempotency_key
-      AND d.version = l.version
+  (
+    l.backfill_id IS NULL
+    OR l.backfill_id IN (
+      SELECT
+        r.id
+      FROM reflected AS r
+    )
   )
+  AND l.kind <> 'tombstone'
   AND (
     l.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
     AND l.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
     AND (
       l.external_customer_id = 'acme'
     )
+  )
+  AND NOT EXISTS(
+    SELECT
+      1
+    FROM lake.main.supersessions AS s
+    WHERE
+      s.idempotency_key = l.idempotency_key
+      AND s.version = l.version
+      AND (
+        s.by_backfill_id IS NULL
+        OR s.by_backfill_id IN (
+          SELECT
+            r.id
+          FROM reflected AS r
+        )
+      )
+      AND TRUE
+  )
+  AND NOT EXISTS(
+    SELECT
+      1
+    FROM lake.main.deprecations AS d
+    WHERE
+      d.idempotency_key = l.idempotency_key
+      AND d.version = l.version
+      AND d.backfill_id IN (
+        SELECT
+          r.id
+        FROM reflected AS r
+      )
+      AND (
+        d.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+        AND d.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+      )
   );

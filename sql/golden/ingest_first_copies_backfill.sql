@@ -1,6 +1,7 @@
 WITH known AS (
-  SELECT
-    idempotency_key
+  SELECT DISTINCT
+    idempotency_key,
+    TRUE AS duplicate
   FROM lake.main.staged_events
   WHERE
     backfill_id = 'bf_1'
@@ -13,14 +14,11 @@ SELECT
   i.customer_id,
   i.external_customer_id,
   CAST(i.properties AS JSON) AS properties,
-  EXISTS(
-    SELECT
-      1
-    FROM known AS k
-    WHERE
-      k.idempotency_key = i.idempotency_key
-  ) AS duplicate
+  COALESCE(k.duplicate, FALSE) AS duplicate,
+  NOT k.idempotency_key IS NULL AS stored_before
 FROM incoming AS i
+LEFT JOIN known AS k
+  ON k.idempotency_key = i.idempotency_key
 WHERE
   i.ordinal IN (
     SELECT

@@ -1,9 +1,16 @@
 WITH known AS (
   SELECT
-    idempotency_key
+    idempotency_key,
+    BOOL_OR(CAST(backfill_id IS NULL AS BOOLEAN)) AS duplicate
   FROM lake.main.stored_events
   WHERE
-    backfill_id IS NULL
+    idempotency_key IN (
+      SELECT
+        i.idempotency_key
+      FROM incoming AS i
+    )
+  GROUP BY
+    idempotency_key
 )
 SELECT
   i.ordinal,
@@ -13,13 +20,10 @@ SELECT
   i.customer_id,
   i.external_customer_id,
   CAST(i.properties AS JSON) AS properties,
-  EXISTS(
-    SELECT
-      1
-    FROM known AS k
-    WHERE
-      k.idempotency_key = i.idempotency_key
-  ) AS duplicate
+  COALESCE(k.duplicate, FALSE) AS duplicate,
+  NOT k.idempotency_key IS NULL AS stored_before
 FROM incoming AS i
+LEFT JOIN known AS k
+  ON k.idempotency_key = i.idempotency_key
 WHERE
   TRUE;
