@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,6 +43,14 @@ _DIALECT = "duckdb"
 def render(tree: exp.Expr) -> str:
     """The one function that turns a statement tree into DuckDB SQL text."""
     return tree.sql(dialect=_DIALECT)
+
+
+# Rendered once: this runs before every cached read.
+_LATEST_SNAPSHOT = (
+    exp.select(exp.func("max", exp.column("snapshot_id")))
+    .from_("ducklake_snapshot")
+    .sql(dialect="sqlite")
+)
 
 
 def _extension_file(module: Any, name: str) -> Path:
@@ -93,6 +102,8 @@ class Storage:
         self._mutex = threading.RLock()
         self._lock_file = open(path / "write.lock", "a+")  # noqa: SIM115 - held for the store's life
         self._write_depth = 0
+        self._catalog_path = path / "catalog.sqlite"
+        self._catalog_reader: sqlite3.Connection | None = None
         for module, name in (
             (duckdb_extension_ducklake, "ducklake"),
             (duckdb_extension_sqlite_scanner, "sqlite_scanner"),
@@ -246,7 +257,8 @@ class Storage:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
-        """Several queries against one snapshot."""
+        """Several queries against one snapshot. Temporary tables made inside are kept (the
+        transaction commits, which for DuckLake writes nothing)."""
         with self._mutex:
             if self._write_depth:
                 yield
@@ -254,13 +266,31 @@ class Storage:
             self._connection.execute("BEGIN TRANSACTION")
             try:
                 yield
-            finally:
+            except BaseException:
                 self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def snapshot_id(self) -> int:
+        """The latest committed DuckLake snapshot, read straight from the SQLite catalog.
+
+        Costs tens of microseconds (a DuckLake query costs milliseconds), so caches of derived
+        data can check it on every read.
+        """
+        with self._mutex:
+            if self._catalog_reader is None:
+                self._catalog_reader = sqlite3.connect(
+                    f"file:{self._catalog_path}?mode=ro", uri=True, check_same_thread=False
+                )
+            row = self._catalog_reader.execute(_LATEST_SNAPSHOT).fetchone()
+            return int(row[0]) if row and row[0] is not None else -1
 
     def close(self) -> None:
         with self._mutex:
             self._connection.close()
             self._lock_file.close()
+            if self._catalog_reader is not None:
+                self._catalog_reader.close()
 
     # -- internals ----------------------------------------------------------------------------
 

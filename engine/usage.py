@@ -34,7 +34,7 @@ from engine.queries import (
     insert_rows,
     table_ref,
 )
-from engine.schema import METRICS, USAGE_CELLS, USAGE_DISTINCT
+from engine.schema import CUSTOMERS, METRICS, USAGE_CELLS, USAGE_DISTINCT
 
 __all__ = ["Granularity", "Metrics", "Progress", "Usage"]
 
@@ -72,6 +72,13 @@ WHERE backfill_id = :backfill_id AND "timestamp" >= :start AND "timestamp" < :en
 _AFFECTED_UNITS = """
 SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
 """
+
+
+_CACHED_TABLES = {
+    "cached_cells": USAGE_CELLS,
+    "cached_distinct": USAGE_DISTINCT,
+    "cached_customers": CUSTOMERS,
+}
 
 
 @dataclass(frozen=True)
@@ -173,8 +180,8 @@ SELECT coalesce(c.customer_id, by_external.id) AS customer_id,
        :group_value AS group_value,
        :value AS value
 FROM cells AS c
-LEFT JOIN lake.main.customers AS by_id ON by_id.id = c.customer_id
-LEFT JOIN lake.main.customers AS by_external
+LEFT JOIN known_customers AS by_id ON by_id.id = c.customer_id
+LEFT JOIN known_customers AS by_external
   ON by_external.external_customer_id = c.external_customer_id
 WHERE c.metric_id = :metric_id AND c.bucket >= :hour_start AND c.bucket < :timeframe_end
   AND :customer_filter
@@ -259,6 +266,23 @@ class Usage:
 
     def __init__(self, context: Context) -> None:
         self._context = context
+        # Usage reads are served from in-memory copies of the cells, the customers and the
+        # metric registry, reloaded when the store has a newer snapshot: a DuckLake query costs
+        # milliseconds of catalog reads, the copies answer in well under one.
+        self._cached_snapshot: int | None = None
+        self._cached_metrics: dict[str, _Registered] = {}
+
+    def _refresh_cache(self) -> None:
+        storage = self._context.storage
+        snapshot = storage.snapshot_id()
+        if snapshot == self._cached_snapshot:
+            return
+        with storage.read():
+            for name, table in _CACHED_TABLES.items():
+                storage.execute(create_temp_table(name, exp.select("*").from_(table_ref(table))))
+            metrics = self._registered()
+        self._cached_metrics = {m.metric.id: m for m in metrics}
+        self._cached_snapshot = snapshot
 
     # -- the registry -------------------------------------------------------------------------
 
@@ -394,10 +418,10 @@ class Usage:
         as_of: datetime | str | int | None = None,
     ) -> pl.DataFrame:
         """Usage of a metric per customer and time bucket (see ``Store.usage``)."""
-        registered = self._registered([metric_id])
-        if not registered:
+        self._refresh_cache()
+        metric = self._cached_metrics.get(metric_id)
+        if metric is None:
             raise ResourceNotFound(f"metric {metric_id!r} does not exist", metric_id=metric_id)
-        metric = registered[0]
         start = as_utc(timeframe_start, field="timeframe_start")
         end = as_utc(timeframe_end, field="timeframe_end")
         if start >= end:
@@ -419,11 +443,18 @@ class Usage:
                     metric, start, end, customer_id, external_customer_id, version
                 )
             else:
-                cells, distinct = table_ref(USAGE_CELLS), table_ref(USAGE_DISTINCT)
+                cells, distinct = exp.to_table("cached_cells"), exp.to_table("cached_distinct")
             source = distinct if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT else cells
             table = storage.arrow(
                 self._usage_query(
-                    metric, source, start, end, customer_id, external_customer_id, granularity
+                    metric,
+                    source,
+                    start,
+                    end,
+                    customer_id,
+                    external_customer_id,
+                    granularity,
+                    customers=exp.to_table("cached_customers"),
                 )
             )
         frame = pl.from_arrow(table)
@@ -494,7 +525,9 @@ class Usage:
         granularity: Granularity,
         *,
         grouped: bool = True,
+        customers: exp.Table | None = None,
     ) -> exp.Expr:
+        customers = customers if customers is not None else table_ref(CUSTOMERS)
         bucket = exp.column("bucket", table="c")
         if granularity is None:
             window_start: exp.Expr = exp.convert(start)
@@ -526,7 +559,10 @@ class Usage:
             )
         return bind(
             _USAGE,
-            ctes={"cells": exp.select("*").from_(source)},
+            ctes={
+                "cells": exp.select("*").from_(source),
+                "known_customers": exp.select("*").from_(customers),
+            },
             window_start=window_start,
             window_end=window_end,
             timeframe_start=start,
