@@ -20,7 +20,8 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,18 @@ from sqlglot import exp
 from engine.errors import ConstraintViolation
 from engine.schema import CATALOG, TABLES, Table
 
-__all__ = ["Relation", "Storage", "render"]
+__all__ = ["Prepared", "Relation", "Storage", "render"]
 
 Relation = duckdb.DuckDBPyRelation
 
 _DIALECT = "duckdb"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A statement rendered once (see :meth:`Storage.prepare`)."""
+
+    sql: str
 
 
 def render(tree: exp.Expr) -> str:
@@ -166,9 +174,18 @@ class Storage:
         with self._mutex:
             return self._connection.execute(render(tree)).fetchone()
 
-    def arrow(self, tree: exp.Expr) -> pa.Table:
+    def arrow(
+        self, tree: exp.Expr | Prepared, parameters: Mapping[str, Any] | None = None
+    ) -> pa.Table:
+        """Run a query and return Arrow; ``$name`` placeholders take ``parameters``."""
+        sql = tree.sql if isinstance(tree, Prepared) else render(tree)
         with self._mutex:
-            return self._connection.execute(render(tree)).to_arrow_table()
+            return self._connection.execute(sql, parameters).to_arrow_table()
+
+    @staticmethod
+    def prepare(tree: exp.Expr) -> Prepared:
+        """Render a statement once, for a hot path that runs it many times with parameters."""
+        return Prepared(render(tree))
 
     def column_types(self, tree: exp.Expr) -> dict[str, str]:
         """Names and DuckDB types of the columns ``tree`` would return, without running it."""

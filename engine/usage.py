@@ -35,6 +35,7 @@ from engine.queries import (
     table_ref,
 )
 from engine.schema import CUSTOMERS, METRICS, USAGE_CELLS, USAGE_DISTINCT
+from engine.storage import Prepared
 
 __all__ = ["Granularity", "Metrics", "Progress", "Usage"]
 
@@ -271,6 +272,7 @@ class Usage:
         # milliseconds of catalog reads, the copies answer in well under one.
         self._cached_snapshot: int | None = None
         self._cached_metrics: dict[str, _Registered] = {}
+        self._prepared: dict[tuple[Any, ...], Prepared] = {}
 
     def _refresh_cache(self) -> None:
         storage = self._context.storage
@@ -445,17 +447,29 @@ class Usage:
             else:
                 cells, distinct = exp.to_table("cached_cells"), exp.to_table("cached_distinct")
             source = distinct if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT else cells
-            table = storage.arrow(
-                self._usage_query(
-                    metric,
-                    source,
-                    start,
-                    end,
-                    customer_id,
-                    external_customer_id,
-                    granularity,
-                    customers=exp.to_table("cached_customers"),
+            shape = (
+                metric.parsed.aggregate,
+                granularity,
+                customer_id is not None,
+                external_customer_id is not None,
+                source.sql(),
+            )
+            prepared = self._prepared.get(shape)
+            if prepared is None:
+                prepared = storage.prepare(
+                    self._usage_query(
+                        metric,
+                        source,
+                        granularity,
+                        by_customer_id=customer_id is not None,
+                        by_external_customer_id=external_customer_id is not None,
+                        customers=exp.to_table("cached_customers"),
+                    )
                 )
+                self._prepared[shape] = prepared
+            table = storage.arrow(
+                prepared,
+                _usage_parameters(metric, start, end, customer_id, external_customer_id),
             )
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
@@ -485,16 +499,17 @@ class Usage:
                 before = exp.to_table("before_distinct" if distinct else "before_cells")
                 after = _in_affected_days(table_ref(USAGE_DISTINCT if distinct else USAGE_CELLS))
                 sides = {
-                    name: self._usage_query(
-                        metric, source, start, end, None, None, "day", grouped=False
-                    )
+                    name: self._usage_query(metric, source, "day", grouped=False)
                     for name, source in (
                         ("before_usage", before),
                         ("after_usage", after.subquery("a")),
                     )
                 }
                 diff = pl.from_arrow(
-                    storage.arrow(bind(_PREVIEW, metric_id=metric.metric.id, ctes=sides))
+                    storage.arrow(
+                        bind(_PREVIEW, ctes=sides, metric=exp.Placeholder(this="metric_id")),
+                        _usage_parameters(metric, start, end),
+                    )
                 )
                 assert isinstance(diff, pl.DataFrame)
                 frames.append(diff)
@@ -518,20 +533,20 @@ class Usage:
         self,
         metric: _Registered,
         source: exp.Expr,
-        start: datetime,
-        end: datetime,
-        customer_id: str | None,
-        external_customer_id: str | None,
         granularity: Granularity,
         *,
+        by_customer_id: bool = False,
+        by_external_customer_id: bool = False,
         grouped: bool = True,
         customers: exp.Table | None = None,
     ) -> exp.Expr:
+        """The usage query over a cells table, with ``$`` placeholders for the values that
+        change per call (see :func:`_usage_parameters`), so a hot path renders it once."""
         customers = customers if customers is not None else table_ref(CUSTOMERS)
         bucket = exp.column("bucket", table="c")
         if granularity is None:
-            window_start: exp.Expr = exp.convert(start)
-            window_end: exp.Expr = exp.convert(end)
+            window_start: exp.Expr = exp.Placeholder(this="timeframe_start")
+            window_end: exp.Expr = exp.Placeholder(this="timeframe_end")
         else:
             window_start = exp.func("date_trunc", exp.Literal.string(granularity), bucket)
             window_end = exp.Add(
@@ -541,21 +556,21 @@ class Usage:
                 ),
             )
         conditions: list[exp.Expr] = []
-        if customer_id is not None:
+        if by_customer_id:
             conditions.append(
                 exp.func(
                     "coalesce",
                     exp.column("customer_id", table="c"),
                     exp.column("id", table="by_external"),
-                ).eq(exp.convert(customer_id))
+                ).eq(exp.Placeholder(this="customer_id"))
             )
-        if external_customer_id is not None:
+        if by_external_customer_id:
             conditions.append(
                 exp.func(
                     "coalesce",
                     exp.column("external_customer_id", table="c"),
                     exp.column("external_customer_id", table="by_id"),
-                ).eq(exp.convert(external_customer_id))
+                ).eq(exp.Placeholder(this="external_customer_id"))
             )
         return bind(
             _USAGE,
@@ -565,13 +580,10 @@ class Usage:
             },
             window_start=window_start,
             window_end=window_end,
-            timeframe_start=start,
-            timeframe_end=end,
-            hour_start=_floor_hour(start),
             group_value=exp.column("group_value", table="c") if grouped else exp.null(),
             value=_merged_value(metric.parsed),
-            metric_id=metric.metric.id,
             customer_filter=exp.and_(*conditions) if conditions else exp.true(),
+            **{name: exp.Placeholder(this=name) for name in _USAGE_PARAMETERS},
         )
 
     def _cells_from_events(
@@ -724,7 +736,7 @@ ORDER BY 1, 2, 3
 
 
 _PREVIEW = """
-SELECT CAST(:metric_id AS VARCHAR) AS metric_id,
+SELECT CAST(:metric AS VARCHAR) AS metric_id,
        coalesce(a.customer_id, b.customer_id) AS customer_id,
        coalesce(a.external_customer_id, b.external_customer_id) AS external_customer_id,
        coalesce(a.timeframe_start, b.timeframe_start) AS timeframe_start,
@@ -759,6 +771,29 @@ def _in_affected_days(source: exp.Table) -> exp.Select:
             )
         )
     )
+
+
+_USAGE_PARAMETERS = ("timeframe_start", "timeframe_end", "hour_start", "metric_id")
+
+
+def _usage_parameters(
+    metric: _Registered,
+    start: datetime,
+    end: datetime,
+    customer_id: str | None = None,
+    external_customer_id: str | None = None,
+) -> dict[str, Any]:
+    parameters: dict[str, Any] = {
+        "timeframe_start": start,
+        "timeframe_end": end,
+        "hour_start": _floor_hour(start),
+        "metric_id": metric.metric.id,
+    }
+    if customer_id is not None:
+        parameters["customer_id"] = customer_id
+    if external_customer_id is not None:
+        parameters["external_customer_id"] = external_customer_id
+    return parameters
 
 
 def _floor_hour(moment: datetime) -> datetime:
