@@ -1,0 +1,350 @@
+"""Materialized usage against an independent computation over ``store.events.effective()``.
+
+Every check recomputes the expectation with Polars from the effective events (the engine's
+materialized cells are never read to build an expectation), after live ingest, a backfill
+close, a revert, an amendment and a deprecation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+import pytest
+from procs.common import DAY, HOUR, NOW, FakeClock, event
+
+import engine
+from engine.errors import ConstraintViolation, ResourceConflict, ResourceNotFound
+
+START = NOW - 5 * DAY
+END = NOW + DAY
+
+METRICS = {
+    "count": "SELECT count(*) FROM events",
+    "tokens": "SELECT sum(tokens) FROM events WHERE event_name = 'completion'",
+    "models": "SELECT count(DISTINCT model) FROM events",
+    "largest": "SELECT max(tokens) FROM events",
+    "smallest": "SELECT min(tokens) FROM events",
+    "mean": "SELECT avg(tokens) FROM events",
+    "by_region": "SELECT count(*) FROM events GROUP BY region",
+}
+
+
+def _effective(store: engine.Store) -> pl.DataFrame:
+    return store.events.effective(timeframe_start=START, timeframe_end=END)
+
+
+def _expected(
+    store: engine.Store, name: str, granularity: str | None, frame: pl.DataFrame | None = None
+) -> dict[tuple[Any, ...], float]:
+    """Usage computed from the effective events with Polars: {(customer, window, group): value}."""
+    frame = _effective(store) if frame is None else frame
+    if frame.height == 0:
+        return {}
+    props = frame["properties"].to_list()
+    frame = frame.with_columns(
+        pl.Series("tokens", [_number(p.get("tokens")) for p in props], dtype=pl.Float64),
+        pl.Series("model", [_text(p.get("model")) for p in props], dtype=pl.String),
+        pl.Series("region", [_text(p.get("region")) for p in props], dtype=pl.String),
+    )
+    if name == "tokens":
+        frame = frame.filter(pl.col("event_name") == "completion")
+    window = (
+        pl.lit(START).alias("window")
+        if granularity is None
+        else pl.col("timestamp")
+        .dt.truncate({"hour": "1h", "day": "1d", "month": "1mo"}[granularity])
+        .alias("window")
+    )
+    group = pl.col("region") if name == "by_region" else pl.lit(None, dtype=pl.String)
+    keys = [pl.col("external_customer_id"), window, group.alias("group")]
+    aggregate = {
+        "count": pl.len(),
+        "by_region": pl.len(),
+        "tokens": pl.col("tokens").sum(),
+        "models": pl.col("model").drop_nulls().n_unique(),
+        "largest": pl.col("tokens").max(),
+        "smallest": pl.col("tokens").min(),
+        "mean": pl.col("tokens").mean(),
+    }[name]
+    if name in ("tokens", "largest", "smallest", "mean"):
+        frame = frame.filter(pl.col("tokens").is_not_null())
+    if name == "models":
+        frame = frame.filter(pl.col("model").is_not_null())
+    result = frame.group_by(keys).agg(aggregate.alias("value"))
+    return {
+        (row["external_customer_id"], row["window"].replace(tzinfo=None), row["group"]): float(
+            row["value"]
+        )
+        for row in result.iter_rows(named=True)
+    }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _actual(
+    store: engine.Store, metric: engine.Metric, granularity: str | None, **kwargs: Any
+) -> dict[tuple[Any, ...], float]:
+    frame = store.usage(
+        metric.id,
+        timeframe_start=START,
+        timeframe_end=END,
+        granularity=granularity,  # type: ignore[arg-type]
+        **kwargs,
+    )
+    group = "region" if "region" in frame.columns else None
+    return {
+        (
+            row["external_customer_id"],
+            row["timeframe_start"].replace(tzinfo=None),
+            row[group] if group else None,
+        ): row["value"]
+        for row in frame.iter_rows(named=True)
+    }
+
+
+def _check_all(store: engine.Store, metrics: dict[str, engine.Metric]) -> None:
+    frame = _effective(store)
+    for name, metric in metrics.items():
+        for granularity in ("hour", "day", "month", None):
+            expected = _expected(store, name, granularity, frame)
+            if granularity == "month":
+                # Month windows are clipped to the asked timeframe.
+                expected = {
+                    (c, max(w, START.replace(tzinfo=None)), g): v
+                    for (c, w, g), v in expected.items()
+                }
+            actual = _actual(store, metric, granularity)
+            assert actual.keys() == expected.keys(), (name, granularity)
+            for key, value in expected.items():
+                assert actual[key] == pytest.approx(value), (name, granularity, key)
+    assert store.verify() == []
+
+
+def _events(prefix: str, at: datetime, count: int, **properties: Any) -> list[dict[str, Any]]:
+    regions = ["eu", "us", "ap"]
+    models = ["gpt-4o", "small"]
+    return [
+        event(
+            f"{prefix}{i}",
+            at + i * 7 * timedelta(minutes=1),
+            ext=["acme", "globex"][i % 2],
+            name=["completion", "embedding"][i % 3 == 0],
+            tokens=10 * i + 1,
+            model=models[i % 2],
+            region=regions[i % 3],
+            **properties,
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+def metrics(store: engine.Store) -> dict[str, engine.Metric]:
+    store.customers.create(external_customer_id="acme")
+    store.customers.create(external_customer_id="globex")
+    return {name: store.metrics.create(name=name, sql=sql) for name, sql in METRICS.items()}
+
+
+def test_usage_follows_every_kind_of_commit(
+    store: engine.Store, clock: FakeClock, metrics: dict[str, engine.Metric]
+) -> None:
+    store.ingest(_events("live", NOW - 6 * HOUR, 30))
+    _check_all(store, metrics)
+
+    clock.advance(DAY)
+    old = NOW - 6 * HOUR
+    backfill = store.backfills.create(
+        timeframe_start=old - HOUR,
+        timeframe_end=old + 2 * HOUR,
+        external_customer_id="acme",
+        deprecation_filter="model = 'gpt-4o'",
+    )
+    # Re-sends some keys (they supersede) and adds new events.
+    store.ingest(
+        [
+            event("live0", old, ext="acme", name="completion", tokens=999, model="gpt-4o"),
+            event("fresh1", old + HOUR, ext="acme", name="completion", tokens=5, model="gpt-4o"),
+        ],
+        backfill_id=backfill.id,
+    )
+    preview = store.backfills.preview(backfill.id)
+    frame = _effective(store)
+    before = {n: _expected(store, n, "day", frame) for n in metrics}
+    store.backfills.close(backfill.id)
+    _check_all(store, metrics)
+    frame = _effective(store)
+    after = {n: _expected(store, n, "day", frame) for n in metrics}
+
+    # The preview was exactly (after - before), per metric, customer and day.
+    expected_preview: set[tuple[str, str, datetime, float]] = set()
+    for name, metric in metrics.items():
+        days: dict[tuple[str, datetime], list[float]] = {}
+        for side, values in ((0, before[name]), (1, after[name])):
+            totals: dict[tuple[str, datetime], list[float]] = {}
+            for (customer, day, _group), value in values.items():
+                totals.setdefault((customer, day), []).append(value)
+            for key, parts in totals.items():
+                days.setdefault(key, [0.0, 0.0])[side] = _merge(name, parts)
+        for (customer, day), (b, a) in days.items():
+            if b != pytest.approx(a):
+                expected_preview.add((metric.id, customer, day, round(a - b, 6)))
+    got = {
+        (
+            r["metric_id"],
+            r["external_customer_id"],
+            r["timeframe_start"].replace(tzinfo=None),
+            round(r["delta"], 6),
+        )
+        for r in preview.iter_rows(named=True)
+    }
+    assert got == expected_preview
+    assert got, "the backfill changes usage, so the preview is not empty"
+
+    store.backfills.revert(backfill.id)
+    _check_all(store, metrics)
+
+    store.events.amend(
+        "live3",
+        event_name="completion",
+        timestamp=NOW - 6 * HOUR + 21 * timedelta(minutes=1),
+        properties={"tokens": 7, "model": "small", "region": "eu"},
+        external_customer_id="globex",
+    )
+    store.events.deprecate("live4")
+    _check_all(store, metrics)
+
+
+def _merge(name: str, parts: list[float]) -> float:
+    if name in ("count", "by_region", "tokens"):
+        return sum(parts)
+    if name == "largest":
+        return max(parts)
+    if name == "smallest":
+        return min(parts)
+    # mean and distinct count over groups are not sums; these metrics are ungrouped: one part.
+    assert len(parts) == 1
+    return parts[0]
+
+
+def test_as_of_answers_with_usage_as_it_was(
+    store: engine.Store, clock: FakeClock, metrics: dict[str, engine.Metric]
+) -> None:
+    store.ingest(_events("a", NOW - 2 * HOUR, 10))
+    (version,) = store.sql("SELECT max(version) FROM lake.main.commits").fetchone()  # type: ignore[misc]
+    then = _actual(store, metrics["tokens"], "day")
+    moment = clock.now
+    clock.advance(HOUR)
+    store.ingest(_events("b", NOW - HOUR, 10))
+    assert _actual(store, metrics["tokens"], "day") != then
+    assert _actual(store, metrics["tokens"], "day", as_of=version) == then
+    assert _actual(store, metrics["tokens"], "day", as_of=moment) == then
+
+
+def test_a_timeframe_off_the_hour_counts_only_its_part(
+    store: engine.Store, metrics: dict[str, engine.Metric]
+) -> None:
+    store.ingest(_events("a", NOW - 3 * HOUR, 10))
+    start = NOW - 3 * HOUR + timedelta(minutes=30)
+    frame = store.usage(
+        metrics["count"].id, timeframe_start=start, timeframe_end=END, granularity=None
+    )
+    effective = store.events.effective(timeframe_start=start, timeframe_end=END)
+    assert frame["value"].sum() == effective.height
+    assert frame["timeframe_start"].to_list()[0] == start
+
+
+def test_usage_for_one_customer_by_either_id(
+    store: engine.Store, metrics: dict[str, engine.Metric]
+) -> None:
+    store.ingest(_events("a", NOW - 3 * HOUR, 10))
+    acme = store.customers.get_by_external_id("acme")
+    by_external = store.usage(
+        metrics["count"].id, timeframe_start=START, timeframe_end=END, external_customer_id="acme"
+    )
+    by_id = store.usage(
+        metrics["count"].id, timeframe_start=START, timeframe_end=END, customer_id=acme.id
+    )
+    assert by_external.equals(by_id)
+    assert set(by_id["customer_id"]) == {acme.id}
+    assert by_id["value"].sum() == 5
+
+
+def test_recompute_rebuilds_what_verify_checks(
+    store: engine.Store, metrics: dict[str, engine.Metric]
+) -> None:
+    store.ingest(_events("a", NOW - 3 * HOUR, 10))
+    store.recompute()
+    store.recompute(metrics["tokens"].id)
+    assert store.verify() == []
+    with pytest.raises(ResourceNotFound):
+        store.recompute("no-such-metric")
+
+
+def test_volume_counts_effective_events_per_hour(store: engine.Store) -> None:
+    store.customers.create(external_customer_id="acme")
+    store.ingest(_events("a", NOW - 3 * HOUR, 10))
+    volume = store.events.volume(timeframe_start=NOW - DAY)
+    assert volume["count"].sum() == 10
+    assert (volume["timeframe_end"] - volume["timeframe_start"]).unique().to_list() == [
+        timedelta(hours=1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"timeframe_start": END, "timeframe_end": START}, ConstraintViolation),
+        ({"granularity": "week"}, ConstraintViolation),
+        ({"group_by": "region"}, ConstraintViolation),
+        ({"as_of": -1}, ConstraintViolation),
+    ],
+)
+def test_bad_usage_questions_are_refused(
+    store: engine.Store,
+    metrics: dict[str, engine.Metric],
+    kwargs: dict[str, Any],
+    error: type[Exception],
+) -> None:
+    arguments: dict[str, Any] = {"timeframe_start": START, "timeframe_end": END, **kwargs}
+    with pytest.raises(error):
+        store.usage(metrics["count"].id, **arguments)
+
+
+def test_unknown_metric_and_preview_of_a_closed_backfill(
+    store: engine.Store, clock: FakeClock, metrics: dict[str, engine.Metric]
+) -> None:
+    with pytest.raises(ResourceNotFound):
+        store.usage("nope", timeframe_start=START, timeframe_end=END)
+    backfill = store.backfills.create(
+        timeframe_start=NOW - 3 * DAY, timeframe_end=NOW - 2 * DAY, replace_existing_events=False
+    )
+    store.backfills.close(backfill.id)
+    with pytest.raises(ResourceConflict):
+        store.backfills.preview(backfill.id)
+
+
+def test_preview_writes_nothing(
+    store: engine.Store, clock: FakeClock, metrics: dict[str, engine.Metric]
+) -> None:
+    store.ingest(_events("a", NOW - 3 * HOUR, 10))
+    clock.advance(DAY)
+    backfill = store.backfills.create(
+        timeframe_start=NOW - 4 * HOUR,
+        timeframe_end=NOW,
+        deprecation_filter="tokens > 0",
+    )
+    store.ingest(_events("c", NOW - 3 * HOUR, 4), backfill_id=backfill.id)
+    snapshots = store.sql("SELECT count(*) FROM lake.snapshots()").fetchone()
+    files = sorted(p.name for p in store.path.rglob("*.parquet"))
+    assert store.backfills.preview(backfill.id).height > 0
+    assert store.sql("SELECT count(*) FROM lake.snapshots()").fetchone() == snapshots
+    assert sorted(p.name for p in store.path.rglob("*.parquet")) == files
+    assert store.backfills.get(backfill.id).status == "pending"
