@@ -457,7 +457,7 @@ class Usage:
             prepared = self._prepared.get(shape)
             if prepared is None:
                 prepared = storage.prepare(
-                    self._usage_query(
+                    _usage_query(
                         metric,
                         source,
                         granularity,
@@ -499,7 +499,7 @@ class Usage:
                 before = exp.to_table("before_distinct" if distinct else "before_cells")
                 after = _in_affected_days(table_ref(USAGE_DISTINCT if distinct else USAGE_CELLS))
                 sides = {
-                    name: self._usage_query(metric, source, "day", grouped=False)
+                    name: _usage_query(metric, source, "day", grouped=False)
                     for name, source in (
                         ("before_usage", before),
                         ("after_usage", after.subquery("a")),
@@ -528,63 +528,6 @@ class Usage:
         )
         frame = pl.concat([empty, *frames], how="vertical_relaxed")
         return frame.with_columns(pl.col("timeframe_start").dt.replace_time_zone("UTC"))
-
-    def _usage_query(
-        self,
-        metric: _Registered,
-        source: exp.Expr,
-        granularity: Granularity,
-        *,
-        by_customer_id: bool = False,
-        by_external_customer_id: bool = False,
-        grouped: bool = True,
-        customers: exp.Table | None = None,
-    ) -> exp.Expr:
-        """The usage query over a cells table, with ``$`` placeholders for the values that
-        change per call (see :func:`_usage_parameters`), so a hot path renders it once."""
-        customers = customers if customers is not None else table_ref(CUSTOMERS)
-        bucket = exp.column("bucket", table="c")
-        if granularity is None:
-            window_start: exp.Expr = exp.Placeholder(this="timeframe_start")
-            window_end: exp.Expr = exp.Placeholder(this="timeframe_end")
-        else:
-            window_start = exp.func("date_trunc", exp.Literal.string(granularity), bucket)
-            window_end = exp.Add(
-                this=window_start.copy(),
-                expression=exp.Interval(
-                    this=exp.Literal.string("1"), unit=exp.var(granularity.upper())
-                ),
-            )
-        conditions: list[exp.Expr] = []
-        if by_customer_id:
-            conditions.append(
-                exp.func(
-                    "coalesce",
-                    exp.column("customer_id", table="c"),
-                    exp.column("id", table="by_external"),
-                ).eq(exp.Placeholder(this="customer_id"))
-            )
-        if by_external_customer_id:
-            conditions.append(
-                exp.func(
-                    "coalesce",
-                    exp.column("external_customer_id", table="c"),
-                    exp.column("external_customer_id", table="by_id"),
-                ).eq(exp.Placeholder(this="external_customer_id"))
-            )
-        return bind(
-            _USAGE,
-            ctes={
-                "cells": exp.select("*").from_(source),
-                "known_customers": exp.select("*").from_(customers),
-            },
-            window_start=window_start,
-            window_end=window_end,
-            group_value=exp.column("group_value", table="c") if grouped else exp.null(),
-            value=_merged_value(metric.parsed),
-            customer_filter=exp.and_(*conditions) if conditions else exp.true(),
-            **{name: exp.Placeholder(this=name) for name in _USAGE_PARAMETERS},
-        )
 
     def _cells_from_events(
         self,
@@ -770,6 +713,63 @@ def _in_affected_days(source: exp.Table) -> exp.Select:
                 )
             )
         )
+    )
+
+
+def _usage_query(
+    metric: _Registered,
+    source: exp.Expr,
+    granularity: Granularity,
+    *,
+    by_customer_id: bool = False,
+    by_external_customer_id: bool = False,
+    grouped: bool = True,
+    customers: exp.Table | None = None,
+) -> exp.Expr:
+    """The usage query over a cells table, with ``$`` placeholders for the values that
+    change per call (see :func:`_usage_parameters`), so a hot path renders it once."""
+    customers = customers if customers is not None else table_ref(CUSTOMERS)
+    bucket = exp.column("bucket", table="c")
+    if granularity is None:
+        window_start: exp.Expr = exp.Placeholder(this="timeframe_start")
+        window_end: exp.Expr = exp.Placeholder(this="timeframe_end")
+    else:
+        window_start = exp.func("date_trunc", exp.Literal.string(granularity), bucket)
+        window_end = exp.Add(
+            this=window_start.copy(),
+            expression=exp.Interval(
+                this=exp.Literal.string("1"), unit=exp.var(granularity.upper())
+            ),
+        )
+    conditions: list[exp.Expr] = []
+    if by_customer_id:
+        conditions.append(
+            exp.func(
+                "coalesce",
+                exp.column("customer_id", table="c"),
+                exp.column("id", table="by_external"),
+            ).eq(exp.Placeholder(this="customer_id"))
+        )
+    if by_external_customer_id:
+        conditions.append(
+            exp.func(
+                "coalesce",
+                exp.column("external_customer_id", table="c"),
+                exp.column("external_customer_id", table="by_id"),
+            ).eq(exp.Placeholder(this="external_customer_id"))
+        )
+    return bind(
+        _USAGE,
+        ctes={
+            "cells": exp.select("*").from_(source),
+            "known_customers": exp.select("*").from_(customers),
+        },
+        window_start=window_start,
+        window_end=window_end,
+        group_value=exp.column("group_value", table="c") if grouped else exp.null(),
+        value=_merged_value(metric.parsed),
+        customer_filter=exp.and_(*conditions) if conditions else exp.true(),
+        **{name: exp.Placeholder(this=name) for name in _USAGE_PARAMETERS},
     )
 
 

@@ -11,7 +11,9 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from engine import queries
+from engine import queries, usage
+from engine.metrics import parse_metric
+from engine.models import Metric
 from engine.schema import STORED_EVENTS, TABLES
 from engine.storage import _partition_ddl, _table_ddl, render
 
@@ -25,7 +27,41 @@ def _pretty(tree: exp.Expression) -> str:
     return tree.sql(dialect="duckdb", pretty=True) + ";\n"
 
 
-CANONICAL: dict[str, Callable[[], exp.Expression]] = {
+def _metric(sql: str) -> usage._Registered:
+    metric = Metric(
+        id="m_1",
+        name="m",
+        sql=sql,
+        description=None,
+        metadata={},
+        status="active",
+        created_at=START,
+    )
+    return usage._Registered(metric, parse_metric(sql))
+
+
+TOKENS = "SELECT sum(tokens) FROM events WHERE event_name = 'completion'"
+MODELS = "SELECT count(DISTINCT model) FROM events GROUP BY region"
+
+CANONICAL: dict[str, Callable[[], exp.Expr]] = {
+    "usage_cells_sum": lambda: usage._cells(_metric(TOKENS), "unit_events"),
+    "usage_distinct_values_grouped": lambda: usage._distinct_values(_metric(MODELS), "unit_events"),
+    "usage_query_day_one_customer": lambda: usage._usage_query(
+        _metric(TOKENS),
+        exp.to_table("cached_cells"),
+        "day",
+        by_external_customer_id=True,
+        customers=exp.to_table("cached_customers"),
+    ),
+    "usage_touched_by_backfill": lambda: queries.bind(
+        usage._TOUCHED_BY_BACKFILL, backfill_id="bf_1", close_version=7, start=START, end=END
+    ),
+    "effective_events_in_units_as_of": lambda: queries.effective_events(
+        timeframe_start=START, timeframe_end=END, units="affected_units", as_of_version=7
+    ),
+    "supersessions_of_a_close": lambda: queries.supersession_rows(
+        newer=exp.select("idempotency_key").from_("staged"), by_version=7, by_backfill_id="bf_1"
+    ),
     "effective_events": lambda: queries.effective_events(),
     "effective_events_one_customer_one_day": lambda: queries.effective_events(
         timeframe_start=START, timeframe_end=END, external_customer_id="acme"
