@@ -476,6 +476,9 @@ class Backfills:
         storage = context.storage
         with storage.write():
             backfill = self.get(backfill_id)
+            if backfill.status == BackfillStatus.REVERTED:
+                # Another process that opened the store between the two commits finished it.
+                return backfill
             if backfill.status != BackfillStatus.PENDING_REVERT:
                 raise ResourceConflict(
                     f"backfill {backfill_id!r} is {backfill.status}, not pending_revert",

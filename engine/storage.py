@@ -61,6 +61,18 @@ _LATEST_SNAPSHOT = (
 )
 
 
+def _use_write_ahead_log(catalog: Path) -> None:
+    """Put the SQLite catalog in WAL mode (a property of the file, kept across opens): readers
+    in other processes then never block a commit, and a commit never blocks them."""
+    connection = sqlite3.connect(catalog, timeout=30)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError:
+        pass  # another process holds the catalog right now; it made the file WAL already
+    finally:
+        connection.close()
+
+
 def _extension_file(module: Any, name: str) -> Path:
     # The wheels ship the signed binary inside the package; loading it from there means no
     # download at run time (the extension must match DuckDB's version, pinned together).
@@ -112,6 +124,14 @@ class Storage:
         self._write_depth = 0
         self._catalog_path = path / "catalog.sqlite"
         self._catalog_reader: sqlite3.Connection | None = None
+        try:
+            self._attach(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, path: Path) -> None:
+        _use_write_ahead_log(self._catalog_path)
         for module, name in (
             (duckdb_extension_ducklake, "ducklake"),
             (duckdb_extension_sqlite_scanner, "sqlite_scanner"),
@@ -146,7 +166,10 @@ class Storage:
                 exp.AttachOption(
                     this=exp.var("DATA_PATH"),
                     expression=exp.Literal.string(str(path / "data") + os.sep),
-                )
+                ),
+                # Data files are recorded relative to the data path, so a store folder that
+                # was moved or copied opens where it now is.
+                exp.AttachOption(this=exp.var("OVERRIDE_DATA_PATH"), expression=exp.true()),
             ],
         )
         self._connection.execute(render(attach))

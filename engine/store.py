@@ -27,6 +27,21 @@ __all__ = ["Store", "open"]
 
 _READ_STATEMENTS = (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Describe)
 
+# DuckLake's maintenance functions run inside a SELECT and change the catalog or delete files
+# (without the store's write lock); exploration must not reach them.
+_MAINTENANCE_WORDS = (
+    "add_data_files",
+    "expire",
+    "cleanup",
+    "merge_adjacent",
+    "rewrite",
+    "flush",
+    "set_option",
+    "set_commit_message",
+    "checkpoint",
+    "delete_orphaned",
+)
+
 
 class Store:
     """An open store. Use as a context manager, or call :meth:`close`.
@@ -127,6 +142,17 @@ class Store:
             raise ConstraintViolation(f"query does not parse: {error}") from None
         if len(statements) != 1 or not isinstance(statements[0], _READ_STATEMENTS):
             raise ConstraintViolation("store.sql runs exactly one read-only query (SELECT ...)")
+        for function in statements[0].find_all(exp.Func):
+            name = (
+                function.sql_name().lower()
+                if not isinstance(function, exp.Anonymous)
+                else str(function.this).lower()
+            )
+            if any(word in name for word in _MAINTENANCE_WORDS):
+                raise ConstraintViolation(
+                    f"store.sql is read only; {name}() changes the store",
+                    construct=name,
+                )
         return self._storage.relation(query)
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""Subprocess entry points (concurrency and crash tests) and the helpers they share."""
