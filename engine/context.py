@@ -50,7 +50,12 @@ def as_utc(value: datetime | str, *, field: str) -> datetime:
         raise ConstraintViolation(
             f"{field} {value.isoformat()} has no time zone; give an aware UTC time", field=field
         )
-    return value.astimezone(UTC).replace(tzinfo=None)
+    try:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise ConstraintViolation(
+            f"{field} {value.isoformat()} is out of range", field=field
+        ) from None
 
 
 def from_storage(value: datetime | None) -> datetime | None:

@@ -129,6 +129,8 @@ def parse_metric(sql: str) -> ParsedMetric:
         statements = sqlglot.parse(sql, dialect="duckdb")
     except sqlglot.errors.SqlglotError as error:
         raise _refuse(f"metric sql does not parse: {error}", "syntax") from None
+    except RecursionError:
+        raise _refuse("metric sql is nested too deeply", "nesting") from None
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
         raise _refuse("metric sql must be exactly one SELECT statement", "multiple statements")

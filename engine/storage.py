@@ -49,7 +49,16 @@ class Prepared:
 
 
 def render(tree: exp.Expr) -> str:
-    """The one function that turns a statement tree into DuckDB SQL text."""
+    """The one function that turns a statement tree into DuckDB SQL text.
+
+    Text values are literals of the tree; DuckDB's parser cannot take a NUL character inside
+    one, so such a value is refused here, for every statement, as the user's bad input.
+    """
+    for literal in tree.find_all(exp.Literal):
+        if literal.is_string and "\x00" in literal.this:
+            raise ConstraintViolation(
+                "text values must not contain NUL characters", construct="nul"
+            )
     return tree.sql(dialect=_DIALECT)
 
 

@@ -477,9 +477,12 @@ class Usage:
             pl.col("timeframe_start").dt.replace_time_zone("UTC"),
             pl.col("timeframe_end").dt.replace_time_zone("UTC"),
         )
-        if metric.parsed.group_by is None:
+        group = metric.parsed.group_by
+        if group is None:
             return frame.drop("group_value")
-        return frame.rename({"group_value": metric.parsed.group_by})
+        # A group named like an output column (GROUP BY customer_id) gets a prefix.
+        name = f"group_{group}" if group in frame.columns else group
+        return frame.rename({"group_value": name})
 
     def preview_diff(self) -> pl.DataFrame:
         """After ``refresh_changed(capture_before=True)``: per metric, customer and day of the

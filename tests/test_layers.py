@@ -1,4 +1,4 @@
-"""Layers import inward only (DESIGN section 3). ruff's TID251 fences duckdb; this fences the rest."""
+"""Layers import inward only (DESIGN section 3); ruff TID251 fences duckdb, this the rest."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ LAYERS = {
     "cli": 8,
     "notebook": 8,
     "sample": 8,
+    "demo": 8,
     "__init__": 9,
     "__main__": 9,
 }
