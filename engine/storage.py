@@ -132,7 +132,6 @@ class Storage:
         self._lock_file = open(path / "write.lock", "a+")  # noqa: SIM115 - held for the store's life
         self._write_depth = 0
         self._catalog_path = path / "catalog.sqlite"
-        self._catalog_reader: sqlite3.Connection | None = None
         try:
             self._attach(path)
         except BaseException:
@@ -323,23 +322,21 @@ class Storage:
     def snapshot_id(self) -> int:
         """The latest committed DuckLake snapshot, read straight from the SQLite catalog.
 
-        Costs tens of microseconds (a DuckLake query costs milliseconds), so caches of derived
-        data can check it on every read.
+        Costs a fraction of a millisecond (a DuckLake query costs milliseconds), so caches of
+        derived data can check it on every read. A new SQLite connection each time: a kept
+        one was seen to go on answering from an old state of the WAL-mode catalog.
         """
-        with self._mutex:
-            if self._catalog_reader is None:
-                self._catalog_reader = sqlite3.connect(
-                    f"file:{self._catalog_path}?mode=ro", uri=True, check_same_thread=False
-                )
-            row = self._catalog_reader.execute(_LATEST_SNAPSHOT).fetchone()
-            return int(row[0]) if row and row[0] is not None else -1
+        connection = sqlite3.connect(f"file:{self._catalog_path}?mode=ro", uri=True)
+        try:
+            rows = connection.execute(_LATEST_SNAPSHOT).fetchall()
+        finally:
+            connection.close()
+        return int(rows[0][0]) if rows and rows[0][0] is not None else -1
 
     def close(self) -> None:
         with self._mutex:
             self._connection.close()
             self._lock_file.close()
-            if self._catalog_reader is not None:
-                self._catalog_reader.close()
 
     # -- internals ----------------------------------------------------------------------------
 
