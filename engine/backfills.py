@@ -321,9 +321,12 @@ class Backfills:
                     backfill_id=backfill_id,
                 )
             version = context.next_version()
-            self._apply_close(backfill, version)
+            # One instant for the whole commit: close_time and the version log agree, so
+            # usage as_of the close_time includes the close.
+            now = context.now()
+            self._apply_close(backfill, version, now)
             context.record_commit(
-                version, "close", backfill_id=backfill.id, events=backfill.events_ingested
+                version, "close", backfill_id=backfill.id, events=backfill.events_ingested, at=now
             )
             return self.get(backfill_id)
 
@@ -343,11 +346,13 @@ class Backfills:
                     f"be previewed",
                     backfill_id=backfill_id,
                 )
-            self._apply_close(backfill, self._context.next_version(), capture_before=True)
+            self._apply_close(
+                backfill, self._context.next_version(), self._context.now(), capture_before=True
+            )
             return self._usage.preview_diff()
 
     def _apply_close(
-        self, backfill: Backfill, version: int, *, capture_before: bool = False
+        self, backfill: Backfill, version: int, now: datetime, *, capture_before: bool = False
     ) -> None:
         storage = self._context.storage
         if backfill.replace_existing_events:
@@ -393,7 +398,7 @@ class Backfills:
             bind(
                 "UPDATE lake.main.backfills SET status = 'reflected', close_time = :now, "
                 "close_version = :version WHERE id = :id",
-                now=self._context.now(),
+                now=now,
                 version=version,
                 id=backfill.id,
             )

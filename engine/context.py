@@ -84,14 +84,20 @@ class Context:
         return int(row[0]) + 1
 
     def record_commit(
-        self, version: int, operation: str, *, backfill_id: str | None = None, events: int = 0
+        self,
+        version: int,
+        operation: str,
+        *,
+        backfill_id: str | None = None,
+        events: int = 0,
+        at: datetime | None = None,
     ) -> None:
         """Append the version-log row of the commit being written."""
         values = exp.select(
             exp.convert(version),
             exp.convert(operation),
             exp.cast(exp.convert(backfill_id), "VARCHAR"),
-            exp.convert(self.now()),
+            exp.convert(at if at is not None else self.now()),
             exp.convert(events),
         )
         self.storage.execute(exp.insert(values, table_ref(COMMITS)))
