@@ -9,9 +9,10 @@ generated events (``engine.sample``, loaded as live events with a 400-day grace 
 creates five metrics from ``SAMPLE_METRICS`` (a sum, a count, a count(DISTINCT), a max and a
 GROUP BY), reopens it with the default grace period and measures, ``--repeat`` times each:
 
-c1. close of a 1-day account-wide replace backfill of 100k events, without and with a
-    deprecation filter (``model = 'gpt-4o'``), alternating with a full ``store.recompute()``
-    of the same metrics (A B A B): ratio = recompute seconds / close seconds;
+c1. close of a 1-day account-wide replace backfill of 100k events (N / 10 below 1M events),
+    without and with a deprecation filter (``model = 'gpt-4o'``), alternating with a full
+    ``store.recompute()`` of the same metrics (A B A B): ratio = recompute seconds / close
+    seconds;
 c2. close, then revert, of a 7-day one-customer replace backfill (the customer whose week
     holds about ``--scoped-events`` events, re-sent): compared across store sizes;
 u.  ``store.usage()`` of one customer over the whole history at day granularity, ~200 calls in
@@ -20,8 +21,9 @@ r.  full ``store.recompute()`` beside a hand-written DuckDB GROUP BY and a Polar
     ``scan_parquet().group_by()`` over the store's event Parquet files, in events/s.
 
 Every timed close and revert also records the time of each DuckDB statement it ran (the
-store's connection is wrapped by this script, a measurement aid); ``--profile`` (on by default)
-adds one untimed close of each kind and one recompute with DuckDB's operator profiler on.
+store's connection is wrapped by this script, a measurement aid). Unless ``--no-profile``, one
+more close of each kind, a revert, a recompute and a usage call run untimed with DuckDB's
+operator profiler on, and 50 usage calls under cProfile.
 """
 
 from __future__ import annotations
@@ -519,19 +521,29 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def usage_customer(params: Params) -> str:
+    """A mid-sized customer (the 10th heaviest) for the usage queries."""
+    return sample_customers(params.customers)[min(9, params.customers - 1)]
+
+
+def customer_usage(store: engine.Store, params: Params, metric_id: str) -> pl.DataFrame:
+    """Usage of one customer over the whole history, by day."""
+    return store.usage(
+        metric_id,
+        timeframe_start=START,
+        timeframe_end=START + timedelta(days=params.days),
+        external_customer_id=usage_customer(params),
+        granularity="day",
+    )
+
+
 def usage_latency(store: engine.Store, params: Params) -> dict[str, Any]:
     metrics = {m.name: m.id for m in store.metrics.list() if m.name in METRIC_NAMES}
-    customer = sample_customers(params.customers)[min(9, params.customers - 1)]
-    window = {
-        "timeframe_start": START,
-        "timeframe_end": START + timedelta(days=params.days),
-        "external_customer_id": customer,
-        "granularity": "day",
-    }
+    customer = usage_customer(params)
     names = list(metrics)
 
     def call(index: int) -> pl.DataFrame:
-        return store.usage(metrics[names[index % len(names)]], **window)
+        return customer_usage(store, params, metrics[names[index % len(names)]])
 
     # The first call after a commit reloads the in-memory copies of the cells.
     first_wall, first_cpu = measure(call, 0)
@@ -752,13 +764,8 @@ def profiles(store: engine.Store, params: Params, size: int, scratch: Path) -> d
     profiled("revert 7-day one customer", lambda: store.backfills.revert(scoped_id))
     profiled("recompute", store.recompute)
     metric = next(m.id for m in store.metrics.list() if m.name == "events_by_region")
-    window = {
-        "timeframe_start": START,
-        "timeframe_end": START + timedelta(days=params.days),
-        "external_customer_id": customer,
-    }
-    store.usage(metric, **window)  # reload the cached cells first
-    profiled("usage (warm)", lambda: store.usage(metric, **window), min_seconds=0.0)
+    customer_usage(store, params, metric)  # reload the cached cells first
+    profiled("usage (warm)", lambda: customer_usage(store, params, metric), min_seconds=0.0)
     for name, profile in out.items():
         log(f"  profile {name}: {profile['total_seconds']:.3f} s")
         for item in sorted(profile["profiles"], key=lambda p: -p["seconds"])[:3]:
@@ -992,7 +999,8 @@ def report(results: list[dict[str, Any]], params: Params) -> str:
             ),
         ]
         for label, pick in picks:
-            rows.append([label, *(_median(pick(r)) for r in results)])
+            digits = 0 if label.startswith("c2 events") else 3
+            rows.append([label, *(_median(pick(r), digits=digits) for r in results)])
         lines += ["", *_table(rows)]
     return "\n".join(lines)
 
