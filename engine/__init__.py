@@ -14,12 +14,22 @@ from engine.errors import (
     ResourceConflict,
     ResourceNotFound,
 )
-from engine.models import Backfill, BackfillStatus, Customer, Event, IngestResult, Metric, Page
+from engine.models import (
+    Backfill,
+    BackfillStatus,
+    CompactResult,
+    Customer,
+    Event,
+    IngestResult,
+    Metric,
+    Page,
+)
 from engine.store import Store, open
 
 __all__ = [
     "Backfill",
     "BackfillStatus",
+    "CompactResult",
     "ConstraintViolation",
     "Customer",
     "DuplicateResourceCreation",

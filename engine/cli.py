@@ -45,6 +45,7 @@ from rich.text import Text
 
 import engine
 from engine.errors import EngineError, RequestValidationError, ResourceNotFound
+from engine.maintenance import DEFAULT_FILE_GRACE, DEFAULT_RETENTION
 from engine.models import Backfill, Customer, IngestResult, Metric
 
 __all__ = [
@@ -987,10 +988,25 @@ def cmd_verify(args: argparse.Namespace, ui: Output) -> int:
 
 
 def cmd_compact(args: argparse.Namespace, ui: Output) -> int:
-    raise UsageError(
-        "compact is not available yet: the store does not expose compaction (merging small "
-        "Parquet files, expiring old snapshots); nothing was changed"
+    with open_store(args) as store:
+        result = store.compact(retention=args.retention, file_grace=args.file_grace)
+    if ui.json_mode:
+        ui.json(result)
+        return EXIT_OK
+    ui.table(
+        ["", "before", "after"],
+        [
+            ["data files", result.data_files_before, result.data_files_after],
+            ["data bytes", result.data_bytes_before, result.data_bytes_after],
+        ],
+        title="Compacted",
+        numeric=["before", "after"],
     )
+    ui.line(
+        f"{result.files_merged} file(s) merged or rewritten, {result.snapshots_expired} "
+        f"snapshot(s) expired, {result.files_deleted} unused file(s) deleted."
+    )
+    return EXIT_OK
 
 
 # the HTTP server
@@ -1439,11 +1455,28 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_close_due,
         "close every pending backfill whose close_time has passed (run it from cron)",
     )
-    command(
+    compact = command(
         commands,
         "compact",
         cmd_compact,
-        "merge small files and expire old snapshots (not available yet: exits 2)",
+        "merge small files, expire old snapshots, delete unused files",
+        "Merge small Parquet files, expire DuckLake snapshots older than --retention and "
+        "delete files unused for longer than --file-grace. Usage, events and --as-of answers "
+        "are unchanged (they come from the store's version log, not from snapshots). Other "
+        "writers wait while it runs; readers do not.",
+    )
+    compact.add_argument(
+        "--retention",
+        type=parse_duration,
+        default=DEFAULT_RETENTION,
+        help="keep DuckLake snapshots younger than this (default 7d)",
+    )
+    compact.add_argument(
+        "--file-grace",
+        type=parse_duration,
+        default=DEFAULT_FILE_GRACE,
+        help="delete replaced files only once unused this long, so running readers of other "
+        "processes keep theirs (default 1h)",
     )
 
     # server

@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 __all__ = [
     "Backfill",
     "BackfillStatus",
+    "CompactResult",
     "Customer",
     "Event",
     "IngestResult",
@@ -106,3 +107,19 @@ class Page(Generic[T]):
     @property
     def has_more(self) -> bool:
         return self.next_cursor is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompactResult:
+    """What :meth:`Store.compact` did. ``data_files`` and ``data_bytes`` count the Parquet files
+    in the store's data folder before and after; files replaced by the merge are deleted by a
+    later compaction, once ``file_grace`` has passed (readers in other processes may still be
+    scanning them)."""
+
+    data_files_before: int
+    data_files_after: int
+    data_bytes_before: int
+    data_bytes_after: int
+    files_merged: int
+    snapshots_expired: int
+    files_deleted: int

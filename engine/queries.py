@@ -36,7 +36,10 @@ __all__ = [
     "ingest_problems",
     "insert_rows",
     "latest_rows",
+    "maintenance_call",
     "reflected_backfills",
+    "scheduled_deletions",
+    "seconds_ago",
     "supersession_rows",
     "with_reflected",
     "first_copies",
@@ -629,3 +632,35 @@ def insert_rows(table: Table, select: exp.Expr, columns: Sequence[str] | None = 
     names = columns if columns is not None else table.column_names
     target = exp.Schema(this=table_ref(table), expressions=[exp.to_identifier(n) for n in names])
     return exp.Insert(this=target, expression=select)
+
+
+def maintenance_call(function: str, **options: exp.Expr) -> exp.Select:
+    """``SELECT count(*) FROM ducklake_<function>('lake', option => value, ...)``: runs one of
+    DuckLake's maintenance functions on the store's catalog and counts the rows it reports."""
+    arguments: list[exp.Expr] = [exp.Literal.string(CATALOG)]
+    arguments += [
+        exp.Kwarg(this=exp.var(name), expression=value) for name, value in options.items()
+    ]
+    call = exp.Anonymous(this=f"ducklake_{function}", expressions=arguments)
+    return exp.select(exp.Count(this=exp.Star())).from_(exp.Table(this=call))
+
+
+def scheduled_deletions(*, before: exp.Expr) -> exp.Select:
+    """How many data files DuckLake has scheduled for deletion, and how many of them were
+    scheduled before ``before``. Read from the catalog table because the ``older_than`` option
+    of ``ducklake_cleanup_old_files`` was seen to delete younger files too (SQLite catalog)."""
+    table = exp.table_("ducklake_files_scheduled_for_deletion", db=f"__ducklake_metadata_{CATALOG}")
+    scheduled = exp.cast(exp.column("schedule_start"), exp.DataType.build("TIMESTAMPTZ"))
+    return exp.select(
+        exp.Count(this=exp.Star()),
+        exp.func("count_if", exp.LTE(this=scheduled, expression=before)),
+    ).from_(table)
+
+
+def seconds_ago(seconds: float) -> exp.Expr:
+    """The transaction's current time minus ``seconds`` (DuckLake stamps snapshots and file
+    schedules with the real time, not the store's clock)."""
+    return exp.Sub(
+        this=exp.CurrentTimestamp(),
+        expression=exp.Interval(this=exp.Literal.string(str(int(seconds))), unit=exp.var("SECOND")),
+    )

@@ -17,7 +17,8 @@ from engine.customers import Customers
 from engine.errors import ConstraintViolation
 from engine.events import Events
 from engine.ingest import Ingestor
-from engine.models import IngestResult
+from engine.maintenance import DEFAULT_FILE_GRACE, DEFAULT_RETENTION, compact
+from engine.models import CompactResult, IngestResult
 from engine.queries import all_events, effective_events, table_ref
 from engine.schema import BACKFILLS, CUSTOMERS
 from engine.storage import Relation, Storage
@@ -128,6 +129,18 @@ class Store:
         """Every usage cell whose materialized value differs from a from-scratch computation;
         empty when all is well."""
         return self._usage.verify()
+
+    def compact(
+        self,
+        *,
+        retention: timedelta = DEFAULT_RETENTION,
+        file_grace: timedelta = DEFAULT_FILE_GRACE,
+    ) -> CompactResult:
+        """Merge small Parquet files, expire DuckLake snapshots older than ``retention`` and
+        delete files unused for longer than ``file_grace``. Answers (usage, events, ``as_of``)
+        are unchanged: they come from the store's version log, not from DuckLake snapshots.
+        Writers in other processes wait while it runs; readers do not."""
+        return compact(self._context, retention=retention, file_grace=file_grace)
 
     def sql(self, query: str) -> Relation:
         """Explore the store with DuckDB SQL (read only) over the views ``events`` (effective

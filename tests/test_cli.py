@@ -15,6 +15,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -500,9 +501,23 @@ def test_verify_and_recompute(prepared: Prepared) -> None:
     assert run("--json", "recompute", "--metric", "event_count", store=store).json()["metrics"] == 1
 
 
-def test_compact_is_not_available(prepared: Prepared) -> None:
-    result = cli("compact", store=prepared.store, expect=2)
-    assert "not available yet" in one_error_line(result)
+def test_compact_merges_files_and_changes_no_answer(prepared: Prepared, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(prepared.store, store)
+    window = ["--timeframe-start", START, "--timeframe-end", END, "--granularity", "hour"]
+    before = run("--json", "usage", "completion_tokens", *window, store=store).json()
+
+    compacted = cli("--json", "compact", "--retention", "0s", "--file-grace", "0s", store=store)
+    result = compacted.json()
+    assert result["snapshots_expired"] > 0
+    assert result["data_files_after"] == sum(1 for _ in (store / "data").rglob("*.parquet"))
+    assert run("--json", "usage", "completion_tokens", *window, store=store).json() == before
+    assert "OK: the materialized usage" in run("verify", store=store).stdout
+
+    human = cli("compact", store=store)
+    assert "data files" in human.stdout and "snapshot(s) expired" in human.stdout
+    bad = cli("compact", "--retention", "a week", store=store, expect=2)
+    assert "'a week' is not a duration" in bad.stderr
 
 
 # -- the HTTP server --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ LAYERS = {
     "backfills": 6,
     "events": 6,
     "usage": 6,
+    "maintenance": 6,
     "store": 7,
     "http": 8,
     "cli": 8,
