@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-smoke clean
 
 $(BIN)/python:
 	$(shell command -v $(PYTHON) >/dev/null 2>&1 && echo $(PYTHON) || echo python3) -m venv $(VENV)
@@ -28,8 +28,12 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest
 
+# The suite against the peers (BENCHMARKS.md): 10M events, 30-60 min on 2 cores.
 bench: setup
-	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/run.py
+
+bench-smoke: setup
+	$(BIN)/python bench/run.py --scale 1M
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
