@@ -24,7 +24,9 @@ position as sqlglot reports it: ``line``, ``col`` (of the token's last character
 and ``end`` (0-based offsets)). Comments are refused outright: nothing legitimate needs them and
 they are the classic way to hide a second statement. Texts over 10 000 characters, nesting
 deeper than 64 levels (a chain of the same ``AND``/``OR`` counts as one level), ``;``, control,
-bidirectional-override and invisible characters in names are refused as well.
+bidirectional-override and invisible characters in names are refused as well, and so are
+filters whose translation would build more than 20 000 nodes (comparisons between properties
+render each operand once per value type, so nesting them multiplies the size).
 
 Typing. Stored properties are JSON values (strings, numbers, booleans; never null), so a
 property has no declared type: each reference takes the type its context needs, and yields
@@ -89,12 +91,14 @@ __all__ = [
     "ALLOWED_FUNCTIONS",
     "MAX_FILTER_LENGTH",
     "MAX_NESTING_DEPTH",
+    "MAX_TRANSLATED_SIZE",
     "RESERVED_COLUMNS",
     "Filter",
     "ValueType",
     "infer_type",
     "parse_timestamp",
     "parse_filter",
+    "parse_statement",
     "properties_referenced",
     "property_path",
     "reserved_column",
@@ -105,6 +109,12 @@ __all__ = [
 
 MAX_FILTER_LENGTH = 10_000
 MAX_NESTING_DEPTH = 64
+#: Output nodes a translation may build (a property read counts as ``_PROPERTY_READ_SIZE``).
+#: Building and rendering cost about 25 us a node, so this bounds both to about half a second. A
+#: 10 000-character chain of comparisons with literals needs about 14 000; what outgrows it
+#: compares properties with properties by the hundred or nests simple CASE over properties.
+MAX_TRANSLATED_SIZE = 20_000
+_PROPERTY_READ_SIZE = 10
 DIALECT = "duckdb"
 
 
@@ -963,6 +973,20 @@ def _parse(text: str, context: str) -> exp.Expression:
     return tree
 
 
+def parse_statement(text: str, context: str) -> exp.Expression:
+    """Check and parse one statement of user SQL (a metric) with the filter's text rules:
+    length, characters, spacing, comments, ``;`` and nesting depth are refused before the
+    recursive parser runs, so parse time and stack depth are bounded whatever the text.
+
+    >>> parse_statement("SELECT 1 -- x", "metric")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    engine.errors.ConstraintViolation: comments are not allowed in a metric
+    """
+    _check_text(text, context)
+    return _parse(text, context)
+
+
 def parse_filter(text: str) -> Filter:
     """Parse and check a filter; refuse anything outside the grammar with a 400.
 
@@ -975,13 +999,17 @@ def parse_filter(text: str) -> Filter:
         raise ConstraintViolation("a filter must be a string", construct="type")
     _check_text(text, "filter")
     tree = _parse(text, "filter")
-    kind = infer_type(tree, context="filter")
+    typer = _type_check(tree, "filter")
+    kind = typer.types[id(tree)]
     if kind not in (ValueType.BOOLEAN, None):
         _refuse(
             f"a filter must be a boolean condition; {_snippet(tree)!r} is a {kind}",
             "not a condition",
             tree,
         )
+    # Translate once now: a filter too large to translate is refused when the backfill is
+    # created, not later when it closes or at every live ingest after that.
+    _Translator(typer, None, "filter").tr(tree, ValueType.BOOLEAN)
     return Filter(text=text, tree=tree)
 
 
@@ -1027,9 +1055,29 @@ def _double(node: exp.Expression) -> exp.Expression:
 
 
 class _Translator:
-    def __init__(self, typer: _Typer, table: str | None) -> None:
+    def __init__(self, typer: _Typer, table: str | None, context: str = "filter") -> None:
         self.typer = typer
         self.table = exp.to_identifier(table) if table is not None else None
+        self.context = context
+        self.size = 0  # nodes built so far, roughly: see MAX_TRANSLATED_SIZE
+
+    def spend(self, nodes: int, node: exp.Expression) -> None:
+        """Count ``nodes`` more output nodes; refuse once the translation outgrows its budget.
+
+        Comparing properties with properties renders each operand three times (as numbers,
+        strings and booleans), and a simple CASE over properties does so for its operand in
+        every branch, so nesting them multiplies: a 150-character filter once rendered 600 KB
+        of SQL in 3 s, and each further level tripled both. The budget stops that early."""
+        self.size += nodes
+        if self.size > MAX_TRANSLATED_SIZE:
+            _refuse(
+                f"the {self.context} is too complex: its translation exceeds "
+                f"{MAX_TRANSLATED_SIZE} nodes (comparisons between properties, and simple CASE "
+                f"over properties, are rendered once per value type, so nesting them multiplies "
+                f"the size)",
+                "complexity",
+                node,
+            )
 
     def column(self, name: str, *, quoted: bool = False) -> exp.Column:
         return exp.Column(
@@ -1049,6 +1097,7 @@ class _Translator:
         json_type of the extracted value 328 ms (698). The first is kept, and is correct because
         a JSON string's text starts with a quote and 'true'/'false' are not numbers, so only
         JSON numbers cast."""
+        self.spend(_PROPERTY_READ_SIZE, exp.column(name, quoted=True))
         props = self.column(_PROPERTIES_COLUMN)
         path = exp.Literal.string(property_path(name))
         extracted = _call("json_extract", props, path)
@@ -1121,6 +1170,7 @@ class _Translator:
         return exp.Coalesce(this=alternatives[0], expressions=alternatives[1:])
 
     def tr(self, node: exp.Expression, want: _Want) -> exp.Expression:
+        self.spend(1, node)
         if isinstance(node, exp.Column):
             reserved = reserved_column(node)
             if reserved is None:
@@ -1273,7 +1323,7 @@ def translate(
     own = typer.types[id(tree)]
     if expected is not None and own is not None and own != expected:
         _refuse(f"expected a {expected}, but {_snippet(tree)!r} is a {own}", "type mismatch", tree)
-    return _Translator(typer, table).tr(tree, expected)
+    return _Translator(typer, table, context).tr(tree, expected)
 
 
 def translate_filter(f: Filter, *, table: str | None = None) -> exp.Expression:
