@@ -151,26 +151,31 @@ QUALIFY row_number() OVER (PARTITION BY s.idempotency_key ORDER BY s.version DES
 
 # DESIGN section 2, effective events: candidate rows (live, or of a reflected backfill) that no
 # newer candidate row of their key supersedes, that are not tombstones, and that no reflected
-# backfill deprecates. Two anti-joins against small tables; no window over all events.
+# backfill deprecates. The supersessions and deprecations that count are selected first, then
+# anti-joined as plain hash joins: a correlated NOT EXISTS would make DuckDB collect the
+# distinct (key, version) pairs of every scanned row first (4x slower at 2M events).
 _EFFECTIVE = """
+WITH counted_supersessions AS (
+  SELECT s.idempotency_key, s.version
+  FROM lake.main.supersessions AS s
+  WHERE (s.by_backfill_id IS NULL OR s.by_backfill_id IN (SELECT r.id FROM reflected AS r))
+    AND :supersession_restriction
+), counted_deprecations AS (
+  SELECT d.idempotency_key, d.version
+  FROM lake.main.deprecations AS d
+  WHERE d.backfill_id IN (SELECT r.id FROM reflected AS r)
+    AND :deprecation_restriction
+)
 SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, l.external_customer_id,
        l.properties, l.version, l.backfill_id
 FROM lake.main.stored_events AS l
+ANTI JOIN counted_supersessions AS s
+  ON s.idempotency_key = l.idempotency_key AND s.version = l.version
+ANTI JOIN counted_deprecations AS d
+  ON d.idempotency_key = l.idempotency_key AND d.version = l.version
 WHERE (l.backfill_id IS NULL OR l.backfill_id IN (SELECT r.id FROM reflected AS r))
   AND l.kind <> 'tombstone'
   AND :row_restriction
-  AND NOT EXISTS (
-    SELECT 1
-    FROM lake.main.supersessions AS s
-    WHERE s.idempotency_key = l.idempotency_key AND s.version = l.version
-      AND (s.by_backfill_id IS NULL OR s.by_backfill_id IN (SELECT r.id FROM reflected AS r))
-      AND :supersession_restriction)
-  AND NOT EXISTS (
-    SELECT 1
-    FROM lake.main.deprecations AS d
-    WHERE d.idempotency_key = l.idempotency_key AND d.version = l.version
-      AND d.backfill_id IN (SELECT r.id FROM reflected AS r)
-      AND :deprecation_restriction)
 """
 
 
@@ -200,16 +205,14 @@ def hour_bucket(*, table: str | None = None) -> exp.Expr:
     return exp.func("date_trunc", exp.Literal.string("hour"), exp.column("timestamp", table=table))
 
 
-def _in_units(units: str, *, table: str | None) -> exp.Expr:
-    match = (
-        exp.select(exp.Literal.number(1))
-        .from_(exp.to_table(units).as_("u"))
-        .where(
-            exp.column("customer_key", table="u").eq(customer_key(table=table))
-            & exp.column("bucket", table="u").eq(hour_bucket(table=table))
-        )
+def _units_join(units: str, *, table: str) -> exp.Join:
+    """A semi-join keeping the rows of the (customer, hour) cells listed in ``units``."""
+    return exp.Join(
+        this=exp.to_table(units).as_("u"),
+        kind="SEMI",
+        on=exp.column("customer_key", table="u").eq(customer_key(table=table))
+        & exp.column("bucket", table="u").eq(hour_bucket(table=table)),
     )
-    return exp.Exists(this=match)
 
 
 def customer_scope(
@@ -295,8 +298,6 @@ def effective_events(
     supersession_conditions: list[exp.Expr] = []
     if customer_id is not None or external_customer_id is not None:
         row_conditions.append(customer_scope(customer_id, external_customer_id, table="l"))
-    if units is not None:
-        row_conditions.append(_in_units(units, table="l"))
     if as_of_version is not None:
         version = exp.convert(as_of_version)
         row_conditions.append(exp.column("version", table="l") <= version)
@@ -307,6 +308,9 @@ def effective_events(
         supersession_restriction=_all(supersession_conditions),
         deprecation_restriction=_all(deprecation_conditions),
     )
+    if units is not None:
+        # joined, not tested per row: a correlated EXISTS costs a pass over every scanned row
+        query.append("joins", _units_join(units, table="l"))
     return with_reflected(query, as_of_version)
 
 

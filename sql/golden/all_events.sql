@@ -5,6 +5,32 @@ WITH effective AS (
     FROM lake.main.backfills AS b
     WHERE
       NOT b.close_version IS NULL AND b.revert_version IS NULL
+  ), counted_supersessions AS (
+    SELECT
+      s.idempotency_key,
+      s.version
+    FROM lake.main.supersessions AS s
+    WHERE
+      (
+        s.by_backfill_id IS NULL
+        OR s.by_backfill_id IN (
+          SELECT
+            r.id
+          FROM reflected AS r
+        )
+      )
+      AND TRUE
+  ), counted_deprecations AS (
+    SELECT
+      d.idempotency_key,
+      d.version
+    FROM lake.main.deprecations AS d
+    WHERE
+      d.backfill_id IN (
+        SELECT
+          r.id
+        FROM reflected AS r
+      ) AND TRUE
   )
   SELECT
     l.idempotency_key,
@@ -16,6 +42,10 @@ WITH effective AS (
     l.version,
     l.backfill_id
   FROM lake.main.stored_events AS l
+  ANTI JOIN counted_supersessions AS s
+    ON s.idempotency_key = l.idempotency_key AND s.version = l.version
+  ANTI JOIN counted_deprecations AS d
+    ON d.idempotency_key = l.idempotency_key AND d.version = l.version
   WHERE
     (
       l.backfill_id IS NULL
@@ -27,37 +57,6 @@ WITH effective AS (
     )
     AND l.kind <> 'tombstone'
     AND TRUE
-    AND NOT EXISTS(
-      SELECT
-        1
-      FROM lake.main.supersessions AS s
-      WHERE
-        s.idempotency_key = l.idempotency_key
-        AND s.version = l.version
-        AND (
-          s.by_backfill_id IS NULL
-          OR s.by_backfill_id IN (
-            SELECT
-              r.id
-            FROM reflected AS r
-          )
-        )
-        AND TRUE
-    )
-    AND NOT EXISTS(
-      SELECT
-        1
-      FROM lake.main.deprecations AS d
-      WHERE
-        d.idempotency_key = l.idempotency_key
-        AND d.version = l.version
-        AND d.backfill_id IN (
-          SELECT
-            r.id
-          FROM reflected AS r
-        )
-        AND TRUE
-    )
 )
 SELECT
   s.idempotency_key,

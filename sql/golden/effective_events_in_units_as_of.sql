@@ -6,6 +6,38 @@ WITH reflected AS (
     b.close_version <= 7 AND (
       b.revert_version IS NULL OR b.revert_version > 7
     )
+), counted_supersessions AS (
+  SELECT
+    s.idempotency_key,
+    s.version
+  FROM lake.main.supersessions AS s
+  WHERE
+    (
+      s.by_backfill_id IS NULL
+      OR s.by_backfill_id IN (
+        SELECT
+          r.id
+        FROM reflected AS r
+      )
+    )
+    AND (
+      s.superseded_by <= 7
+    )
+), counted_deprecations AS (
+  SELECT
+    d.idempotency_key,
+    d.version
+  FROM lake.main.deprecations AS d
+  WHERE
+    d.backfill_id IN (
+      SELECT
+        r.id
+      FROM reflected AS r
+    )
+    AND (
+      d.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+      AND d.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+    )
 )
 SELECT
   l.idempotency_key,
@@ -17,6 +49,21 @@ SELECT
   l.version,
   l.backfill_id
 FROM lake.main.stored_events AS l
+ANTI JOIN counted_supersessions AS s
+  ON s.idempotency_key = l.idempotency_key AND s.version = l.version
+ANTI JOIN counted_deprecations AS d
+  ON d.idempotency_key = l.idempotency_key AND d.version = l.version
+SEMI JOIN affected_units AS u
+  ON (
+    u.customer_key = CASE
+      WHEN NOT l.customer_id IS NULL
+      THEN 'id:' || l.customer_id
+      ELSE 'ext:' || l.external_customer_id
+    END
+  )
+  AND (
+    u.bucket = DATE_TRUNC('HOUR', l.timestamp)
+  )
 WHERE
   (
     l.backfill_id IS NULL
@@ -30,57 +77,5 @@ WHERE
   AND (
     l.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
     AND l.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
-    AND EXISTS(
-      SELECT
-        1
-      FROM affected_units AS u
-      WHERE
-        (
-          u.customer_key = CASE
-            WHEN NOT l.customer_id IS NULL
-            THEN 'id:' || l.customer_id
-            ELSE 'ext:' || l.external_customer_id
-          END
-        )
-        AND (
-          u.bucket = DATE_TRUNC('HOUR', l.timestamp)
-        )
-    )
     AND l.version <= 7
-  )
-  AND NOT EXISTS(
-    SELECT
-      1
-    FROM lake.main.supersessions AS s
-    WHERE
-      s.idempotency_key = l.idempotency_key
-      AND s.version = l.version
-      AND (
-        s.by_backfill_id IS NULL
-        OR s.by_backfill_id IN (
-          SELECT
-            r.id
-          FROM reflected AS r
-        )
-      )
-      AND (
-        s.superseded_by <= 7
-      )
-  )
-  AND NOT EXISTS(
-    SELECT
-      1
-    FROM lake.main.deprecations AS d
-    WHERE
-      d.idempotency_key = l.idempotency_key
-      AND d.version = l.version
-      AND d.backfill_id IN (
-        SELECT
-          r.id
-        FROM reflected AS r
-      )
-      AND (
-        d.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
-        AND d.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
-      )
   );

@@ -4,6 +4,36 @@ WITH reflected AS (
   FROM lake.main.backfills AS b
   WHERE
     NOT b.close_version IS NULL AND b.revert_version IS NULL
+), counted_supersessions AS (
+  SELECT
+    s.idempotency_key,
+    s.version
+  FROM lake.main.supersessions AS s
+  WHERE
+    (
+      s.by_backfill_id IS NULL
+      OR s.by_backfill_id IN (
+        SELECT
+          r.id
+        FROM reflected AS r
+      )
+    )
+    AND TRUE
+), counted_deprecations AS (
+  SELECT
+    d.idempotency_key,
+    d.version
+  FROM lake.main.deprecations AS d
+  WHERE
+    d.backfill_id IN (
+      SELECT
+        r.id
+      FROM reflected AS r
+    )
+    AND (
+      d.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+      AND d.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+    )
 )
 SELECT
   l.idempotency_key,
@@ -15,6 +45,10 @@ SELECT
   l.version,
   l.backfill_id
 FROM lake.main.stored_events AS l
+ANTI JOIN counted_supersessions AS s
+  ON s.idempotency_key = l.idempotency_key AND s.version = l.version
+ANTI JOIN counted_deprecations AS d
+  ON d.idempotency_key = l.idempotency_key AND d.version = l.version
 WHERE
   (
     l.backfill_id IS NULL
@@ -31,38 +65,4 @@ WHERE
     AND (
       l.external_customer_id = 'acme'
     )
-  )
-  AND NOT EXISTS(
-    SELECT
-      1
-    FROM lake.main.supersessions AS s
-    WHERE
-      s.idempotency_key = l.idempotency_key
-      AND s.version = l.version
-      AND (
-        s.by_backfill_id IS NULL
-        OR s.by_backfill_id IN (
-          SELECT
-            r.id
-          FROM reflected AS r
-        )
-      )
-      AND TRUE
-  )
-  AND NOT EXISTS(
-    SELECT
-      1
-    FROM lake.main.deprecations AS d
-    WHERE
-      d.idempotency_key = l.idempotency_key
-      AND d.version = l.version
-      AND d.backfill_id IN (
-        SELECT
-          r.id
-        FROM reflected AS r
-      )
-      AND (
-        d.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
-        AND d.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
-      )
   );
