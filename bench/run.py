@@ -719,8 +719,9 @@ def markdown(result: dict[str, Any]) -> str:
         checkpoint: all(entry["agree"].values()) for checkpoint, entry in result["checks"].items()
     }
     lines.append("")
+    reference = next(iter(result["checks"].values()), {}).get("reference", "the engine")
     lines.append(
-        "Usage agreement with the engine: "
+        f"Usage agreement with {reference}: "
         + ", ".join(f"{c}: {'yes' if ok else 'NO'}" for c, ok in agree.items())
     )
     return "\n".join(lines) + "\n"
@@ -816,55 +817,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     parquet = history_file(params)
     run = Run(params, names)
     run.sample_load("start")
-    try:
-        run.build(parquet)
-        run.live_ingest()
-        run.dedup()
-        run.account_wide()
-        run.one_customer(parquet)
-        run.usage()
-        run.recompute()
-    finally:
-        versions = {
-            name: run.attempt(name, "version", system.version)
-            for name, system in run.systems.items()
+    commit_at_start = git_commit()
+    versions: dict[str, Any] = {}
+
+    def write(complete: bool) -> dict[str, Any]:
+        """The JSON and Markdown so far: written after every phase, so a long run that is
+        stopped early still leaves its figures."""
+        result: dict[str, Any] = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "complete": complete,
+            "started": started_at.isoformat(),
+            "seconds": time.perf_counter() - started,
+            "params": {
+                "events": params.events,
+                "customers": params.customers,
+                "days": DAYS,
+                "repeat": params.repeat,
+                "live_batches": params.live_batches,
+                "usage_calls": params.usage_calls,
+                "backfill_events": params.backfill_events,
+                "dedup_events": params.dedup_events,
+                "seed": params.seed,
+                "history": str(parquet),
+            },
+            "systems": names,
+            "versions": versions,
+            # The engine may change under a long run: its commit at both ends.
+            "git": {"start": commit_at_start, "end": git_commit()},
+            "machine": {
+                **machine(),
+                "load_average_start": load_start,
+                "load_average_end": os.getloadavg(),
+                "load_average_1min_during": run.loads,
+            },
+            "scenarios": {key: s.to_json() for key, s in run.scenarios.items()},
+            "checks": run.checks,
+            "failures": run.failures,
         }
+        out.write_text(json.dumps(result, indent=1, default=str))
+        out.with_suffix(".md").write_text(markdown(result))
+        return result
+
+    phases: list[Callable[[], None]] = [
+        lambda: run.build(parquet),
+        run.live_ingest,
+        run.dedup,
+        run.account_wide,
+        lambda: run.one_customer(parquet),
+        run.usage,
+        run.recompute,
+    ]
+    try:
+        for index, phase in enumerate(phases):
+            phase()
+            if index == 0:
+                for name, system in run.systems.items():
+                    versions[name] = run.attempt(name, "version", system.version)
+            write(complete=False)
+    finally:
         run.close()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    result: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "started": started_at.isoformat(),
-        "seconds": time.perf_counter() - started,
-        "params": {
-            "events": params.events,
-            "customers": params.customers,
-            "days": DAYS,
-            "repeat": params.repeat,
-            "live_batches": params.live_batches,
-            "usage_calls": params.usage_calls,
-            "backfill_events": params.backfill_events,
-            "dedup_events": params.dedup_events,
-            "seed": params.seed,
-            "history": str(parquet),
-        },
-        "systems": names,
-        "versions": versions,
-        "git": git_commit(),
-        "machine": {
-            **machine(),
-            "load_average_start": load_start,
-            "load_average_end": os.getloadavg(),
-            "load_average_1min_during": run.loads,
-        },
-        "scenarios": {key: s.to_json() for key, s in run.scenarios.items()},
-        "checks": run.checks,
-        "failures": run.failures,
-    }
-    out.write_text(json.dumps(result, indent=1, default=str))
-    table = markdown(result)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    result = write(complete=True)
+    print(markdown(result))
     log(f"done in {result['seconds']:.0f} s: {out} and {out.with_suffix('.md')}")
     disagree = [c for c, e in run.checks.items() if not all(e["agree"].values())]
     return 1 if run.failures or disagree else 0
