@@ -874,6 +874,16 @@ def _scan_tokens(text: str, tokens: Sequence[Token], context: str) -> None:
     unary_run = 0
     previous: Token | None = None
     for token in [*tokens, None]:
+        if token is not None and token.token_type == TokenType.COMMAND:
+            # sqlglot reads the rest of a command (CALL, EXPLAIN...) as one string token with
+            # odd offsets; name the statement rather than a character of its text.
+            word = token.text
+            raise ConstraintViolation(
+                f"{word.upper()} statements are not allowed in a {context} (a property named "
+                f'{word.lower()!r} must be quoted: "{word.lower()}")',
+                construct="statement",
+                **_token_fields(token),
+            )
         # Between tokens only ASCII spacing: sqlglot also skips no-break and other Unicode
         # spaces, which would let a filter read differently from how it looks.
         gap_start = previous.end + 1 if previous is not None else 0

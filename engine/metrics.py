@@ -143,7 +143,7 @@ def parse_metric(sql: str) -> ParsedMetric:
     allowed_args = {"expressions", "from_", "where", "group"}
     for arg, value in select.args.items():
         if value and arg not in allowed_args:
-            raise _refuse(f"{arg.rstrip('_').upper()} is not allowed in a metric", arg)
+            raise _refuse(f"{arg.rstrip('_').upper()} is not allowed in a metric", arg.rstrip("_"))
     source = select.args.get("from_")
     table = source.this if source is not None else None
     if not isinstance(table, exp.Table) or table.name.lower() != "events" or table.db:

@@ -175,13 +175,13 @@ def check_filter(connection: duckdb.DuckDBPyConnection, text: str, counter: str)
 
 @pytest.fixture(scope="module", autouse=True)
 def _report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the figures (inputs tried, refusals, nesting limits) past output capture."""
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    tried = {k: v for k, v in sorted(COUNTS.items()) if ":" not in k}
-    line = f"hostile filters: {sum(tried.values())} inputs tried {json.dumps(dict(COUNTS))}"
-    if reporter is not None:
-        reporter.write_line(line)
-        reporter.write_line(f"hostile filters, nesting: {json.dumps(NESTING_FIGURES)}")
+    tried = sum(count for name, count in COUNTS.items() if ":" not in name)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\nhostile filters: {tried} inputs tried {json.dumps(dict(COUNTS))}")
+        print(f"hostile filters, nesting: {json.dumps(NESTING_FIGURES)}")
 
 
 # -- hand-written attacks ------------------------------------------------------------------------
