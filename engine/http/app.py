@@ -27,6 +27,7 @@ from engine.http.batching import GroupCommit
 from engine.http.errors import RequestTooLarge, install_error_handlers
 from engine.http.gate import Gate
 from engine.http.idempotency import IDEMPOTENCY_FILE, IdempotencyStore
+from engine.http.limits import check_event_sizes
 from engine.http.ratelimit import RateLimit, RateLimiter
 from engine.http.schemas import (
     AmendEventBody,
@@ -257,6 +258,7 @@ def _routes(store: Store, *, group_commit: GroupCommit | None) -> APIRouter:
             raise RequestTooLarge(
                 f"{len(body.events)} events in one request; send at most {MAX_INGEST_EVENTS}"
             )
+        check_event_sizes(body.events)
         if backfill_id is None and group_commit is not None:
             result = group_commit.ingest(body.events)
         else:
@@ -428,6 +430,7 @@ def _routes(store: Store, *, group_commit: GroupCommit | None) -> APIRouter:
     )
     def amend_event(event_id: str, body: AmendEventBody) -> AmendEventResult:
         """Replace one event's body with a new version; its timestamp cannot change."""
+        check_event_sizes([{"idempotency_key": event_id, **body.model_dump()}])
         amended = store.events.amend(
             event_id,
             event_name=body.event_name,

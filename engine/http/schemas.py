@@ -11,8 +11,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+)
 
+from engine.http.limits import MAX_IDENTIFIER_LENGTH
 from engine.models import Backfill, Customer, Event, Metric
 
 __all__ = [
@@ -56,6 +65,15 @@ def _to_utc(moment: datetime) -> datetime:
 #: A time with a zone, converted to UTC here: the engine works in UTC, and a time that has no
 #: UTC equivalent (year 1 at +01:00) is a 400 rather than an overflow deeper down.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+
+#: A string field that names or identifies something (an id, a name, an email, a metadata entry);
+#: no such value needs more, and a 1 MB one would be stored and echoed for good.
+Identifier = Annotated[str, Field(max_length=MAX_IDENTIFIER_LENGTH)]
+#: Free text (a metric's description).
+MAX_TEXT_LENGTH = 10_000
+#: Entries of a metadata map.
+MAX_METADATA_ENTRIES = 100
 
 
 class _Body(BaseModel):
@@ -147,11 +165,12 @@ class IngestResponse(BaseModel):
 class NewBackfillBody(_Body):
     timeframe_start: UtcDatetime
     timeframe_end: UtcDatetime
-    replace_existing_events: bool = True
+    # Strict: lax parsing would read "yes", "off" or 0 as a boolean; Orb asks for true or false.
+    replace_existing_events: StrictBool = True
     close_time: UtcDatetime | None = None
-    customer_id: str | None = None
-    external_customer_id: str | None = None
-    deprecation_filter: str | None = None
+    customer_id: Identifier | None = None
+    external_customer_id: Identifier | None = None
+    deprecation_filter: str | None = None  # the filter grammar limits its length
 
 
 class BackfillOut(BaseModel):
@@ -226,7 +245,7 @@ def preview_rows(rows: list[dict[str, Any]]) -> list[PreviewRow]:
 
 
 class EventSearchBody(_Body):
-    event_ids: list[str] = Field(min_length=1, max_length=500)
+    event_ids: list[Identifier] = Field(min_length=1, max_length=500)
     timeframe_start: UtcDatetime | None = None
     timeframe_end: UtcDatetime | None = None
 
@@ -290,9 +309,11 @@ class EventVolumes(BaseModel):
 class NewCustomerBody(_Body):
     # Orb requires both; the engine would take a customer without them, but an Orb client
     # always sends them and the response schema promises strings.
-    name: str = Field(min_length=1)
-    email: str = Field(min_length=1)
-    external_customer_id: str | None = Field(default=None, min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)
+    email: str = Field(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)
+    external_customer_id: str | None = Field(
+        default=None, min_length=1, max_length=MAX_IDENTIFIER_LENGTH
+    )
 
 
 class Address(BaseModel):
@@ -387,14 +408,16 @@ def customer_out(customer: Customer) -> CustomerOut:
 
 
 class NewMetricBody(_Body):
-    name: str = Field(min_length=1)
-    sql: str
-    description: str | None = None
-    item_id: str | None = Field(
+    name: str = Field(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)
+    sql: str  # the metric grammar limits its length
+    description: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
+    item_id: Identifier | None = Field(
         default=None,
         description="Accepted for Orb compatibility and ignored: there is no item catalog.",
     )
-    metadata: dict[str, str | None] | None = None
+    metadata: dict[Identifier, Identifier | None] | None = Field(
+        default=None, max_length=MAX_METADATA_ENTRIES
+    )
 
 
 class Item(BaseModel):
