@@ -16,7 +16,9 @@ Processes and threads (see ``tests/procs/soak_common.py`` for how the store is s
 - ``soak_reader.py``: usage, effective events and ``as_of`` reads, checked per snapshot.
 
 ``ENGINE_SOAK_SECONDS`` (default 90) sets how long the load runs; ``ENGINE_SOAK_REPORT`` names a
-file for the JSON report (always printed, and kept as ``report.json`` in the test's tmp dir).
+file for the JSON report (always printed, and kept as ``report.json`` in the test's tmp dir,
+beside every process's log); ``ENGINE_SOAK_TRACE`` names a file where the server logs each of
+its transactions with the catalog's snapshot id after it (diagnostics; it adds catalog reads).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from procs.soak_common import (
     METRICS,
     MODELS,
     Cells,
+    add_to_cell,
     distinct_states,
     iso,
     load_backfills,
@@ -285,6 +288,9 @@ def contender(
                     stats.counters["contender_create_conflicts_409"] += 1
                 time.sleep(rng.uniform(0.1, 0.4))
                 continue
+            except orb.APIError as error:
+                stats.problem(f"contender create: {type(error).__name__}: {error}")
+                return
             events = []
             for _ in range(rng.randint(1, 3)):
                 serial += 1
@@ -300,13 +306,17 @@ def contender(
                         "properties": {"tokens": 1, "model": "a"},
                     }
                 )
-            client.events.ingest(events=events, backfill_id=backfill.id)
-            if rng.random() < 0.5:
-                client.events.backfills.close(backfill.id)
-                outcome = "reflected"
-            else:
-                client.events.backfills.revert(backfill.id)
-                outcome = "reverted"
+            close = rng.random() < 0.5
+            try:
+                client.events.ingest(events=events, backfill_id=backfill.id)
+                if close:
+                    client.events.backfills.close(backfill.id)
+                else:
+                    client.events.backfills.revert(backfill.id)
+            except orb.APIError as error:  # nothing here may fail: our own backfill
+                stats.problem(f"contender {backfill.id}: {type(error).__name__}: {error}")
+                return
+            outcome = "reflected" if close else "reverted"
             with stats.lock:
                 stats.contender_backfills[backfill.id] = (outcome, len(events))
                 stats.counters[f"contender_{outcome}"] += 1
@@ -329,7 +339,11 @@ def http_reader(base_url: str, metric_id: str, deadline: float, stats: HttpStats
         event_hooks={"response": [stats.count_response]},
     ) as client:
         while time.monotonic() < deadline:
-            response = client.get("/usage", params=params)
+            try:
+                response = client.get("/usage", params=params)
+            except httpx.HTTPError as error:
+                stats.problem(f"GET /usage: {type(error).__name__}: {error}")
+                return
             with stats.lock:
                 stats.counters["http_usage_reads"] += 1
             if response.status_code not in (200, 429):
@@ -354,8 +368,6 @@ def children() -> Iterator[list[SoakChild]]:
 
 def region_cells(store: engine.Store, region: tuple[datetime, datetime]) -> Cells:
     """The region's effective usage cells now, from the test's own connection."""
-    from procs.soak_common import add_to_cell
-
     cells: Cells = {}
     frame = store.events.effective(timeframe_start=region[0], timeframe_end=region[1])
     for customer, timestamp, properties in frame.select(
@@ -389,10 +401,8 @@ def test_soak_http_ingest_with_backfills_and_readers(
     tmp_path: Path, children: list[SoakChild]
 ) -> None:
     store_path = tmp_path / "store"
-    region = (
-        region_start_for(datetime.now(UTC)),
-        region_end_for(region_start_for(datetime.now(UTC))),
-    )
+    region_start = region_start_for(datetime.now(UTC))
+    region = (region_start, region_end_for(region_start))
     with engine.open(store_path) as store:
         metric_ids = {
             name: store.metrics.create(name=name, sql=sql).id for name, sql in METRICS.items()
@@ -477,9 +487,9 @@ def test_soak_http_ingest_with_backfills_and_readers(
         rows = store.sql(
             "SELECT id, status, close_version, revert_version, events_ingested FROM backfills"
         ).fetchall()
-        final_version = int(
-            store.sql("SELECT coalesce(max(version), 0) FROM lake.main.commits").fetchone()[0]  # type: ignore[index]
-        )
+        ((final_version,),) = store.sql(
+            "SELECT coalesce(max(version), 0) FROM lake.main.commits"
+        ).fetchall()
         final_region = region_cells(store, region)
         contender_stored = dict(
             store.sql(
