@@ -12,17 +12,20 @@ calls ``storage.snapshot_id()`` in a loop, as every ``store.usage`` call does (f
 thread of the server, outside the store's lock). Prints one line per anomaly and a tally
 ``commits=… lost=… raised=…``; exit status 1 if a commit was lost or raised.
 
-Seen on 2026-12-04 (DuckDB / DuckLake 1.5.5, 2 vCPUs): with ``--readers 1 --snapshot-thread``
-the first batches return "ingested" but leave no snapshot and no rows (the Parquet file is
-written and then orphaned), a later commit fails with "Failed to flush changes into DuckLake:
-database is locked", and the process dies of SIGBUS. With ``--readers 1`` alone, or
-``--snapshot-thread`` alone, every commit holds. The likely cause: ``snapshot_id()`` opens
+Seen on 2026-12-04 (DuckDB / DuckLake 1.5.5, 2 vCPUs): with ``--readers 1 --snapshot-thread``,
+5 of the first 7 batches returned "ingested" but left no snapshot and no rows (the Parquet file
+is written, then orphaned); in another run a later commit failed with "Failed to flush changes
+into DuckLake: database is locked" and the process died of SIGBUS. With ``--readers 1`` alone
+(10 commits), or ``--readers 0 --reader-thread`` (store.usage, hence ``snapshot_id()``, in a
+thread, no other process: 6 commits), every commit held. The likely cause: ``snapshot_id()`` opens
 ``catalog.sqlite`` with Python's ``sqlite3`` module, a second copy of SQLite beside the one
 inside DuckDB's sqlite_scanner; closing that connection drops the POSIX locks the other copy
-holds on the same file (POSIX locks belong to the process, not the connection; SQLite's
-"multiple copies of SQLite in one process" hazard). Another process then sees no lock,
+holds on the same file (POSIX locks belong to the process, not the connection: SQLite's
+"multiple copies of SQLite in one process" hazard). Another process then sees no lock and
 checkpoints and resets the WAL under the writer, whose commit vanishes or whose mapped -shm
-file is truncated (SIGBUS).
+file is truncated (SIGBUS). Reading the snapshot id through DuckDB's own attachment instead
+(``SELECT max(snapshot_id) FROM ducklake_snapshots('lake')`` under the store's lock) made the
+full soak pass (see RELIABILITY.md, Concurrency).
 
 Other options mimic more of the soak: ``--backfiller`` (``soak_backfiller.py`` beside),
 ``--own-backfills`` (the writer also closes small backfills), ``--reader-thread`` (the writer

@@ -351,6 +351,10 @@ def http_reader(base_url: str, metric_id: str, deadline: float, stats: HttpStats
             time.sleep(0.3)
 
 
+def floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -444,6 +448,7 @@ def test_soak_http_ingest_with_backfills_and_readers(
 
     stats = HttpStats()
     began = time.monotonic()
+    started_at = datetime.now(UTC)
     deadline = began + SOAK_SECONDS
     backfiller.send("go")
     reader.send("go")
@@ -498,12 +503,11 @@ def test_soak_http_ingest_with_backfills_and_readers(
             ).fetchall()
         )
         mismatches = store.verify()
+        # Every live event lies in [start - 1 h, end]; whole hours keep the materialized path.
         live_usage = store.usage(
             metric_ids["events"],
-            timeframe_start=datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-            - timedelta(hours=3),
-            timeframe_end=datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-            + timedelta(hours=2),
+            timeframe_start=floor_hour(started_at) - timedelta(hours=2),
+            timeframe_end=floor_hour(datetime.now(UTC)) + timedelta(hours=2),
             granularity=None,
         )
     backfill_rows = {row[0]: row[1:] for row in rows}
