@@ -15,7 +15,7 @@ from engine.models import Customer
 from engine.queries import table_ref
 from engine.schema import CUSTOMERS
 
-__all__ = ["Customers", "new_id"]
+__all__ = ["Customers", "both_ids", "new_id"]
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 
@@ -23,6 +23,28 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 def new_id(length: int = 22) -> str:
     """A random identifier in Orb's style (letters and digits)."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def both_ids(
+    context: Context, customer_id: str | None, external_customer_id: str | None
+) -> tuple[str | None, str | None]:
+    """``(customer_id, external_customer_id)`` of a customer named by one of them, the other
+    looked up in ``customers``: an event names its customer either way, so a scope must match
+    both. An unknown customer keeps only the id given."""
+
+    def lookup(column: str, by: str, value: str) -> str | None:
+        row = context.storage.one(
+            exp.select(column)
+            .from_(table_ref(CUSTOMERS))
+            .where(exp.column(by).eq(exp.convert(value)))
+        )
+        return row[0] if row else None
+
+    if customer_id is not None and external_customer_id is None:
+        external_customer_id = lookup("external_customer_id", "id", customer_id)
+    elif external_customer_id is not None and customer_id is None:
+        customer_id = lookup("id", "external_customer_id", external_customer_id)
+    return customer_id, external_customer_id
 
 
 def _customer(row: tuple[Any, ...]) -> Customer:

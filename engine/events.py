@@ -12,6 +12,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from engine.context import Context, as_utc, from_storage
+from engine.customers import both_ids
 from engine.errors import ConstraintViolation, ResourceConflict, ResourceNotFound
 from engine.ingest import AmendmentIngestor
 from engine.models import Event, PropertyValue
@@ -76,6 +77,9 @@ class Events:
 
         >>> store.events.effective(external_customer_id="acme").height  # doctest: +SKIP
         """
+        customer_id, external_customer_id = both_ids(
+            self._context, customer_id, external_customer_id
+        )
         query = effective_events(
             timeframe_start=as_utc(timeframe_start, field="timeframe_start")
             if timeframe_start is not None

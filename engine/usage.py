@@ -21,7 +21,7 @@ import polars as pl
 from sqlglot import exp
 
 from engine.context import Context, as_utc, from_storage
-from engine.customers import new_id
+from engine.customers import both_ids, new_id
 from engine.errors import ConstraintViolation, ResourceNotFound
 from engine.metrics import Aggregate, ParsedMetric, parse_metric
 from engine.models import Metric
@@ -563,16 +563,17 @@ class Usage:
         usage as of an earlier version). Events outside ``[start, end)`` are left out, so a
         partial hour counts only its part."""
         storage = self._context.storage
+        customer_id, external_customer_id = both_ids(
+            self._context, customer_id, external_customer_id
+        )
         storage.execute(
             create_temp_table(
                 "window_events",
                 effective_events(
                     timeframe_start=start,
                     timeframe_end=end,
-                    customer_id=_resolved_id(self._context, customer_id, external_customer_id),
-                    external_customer_id=_resolved_external(
-                        self._context, customer_id, external_customer_id
-                    ),
+                    customer_id=customer_id,
+                    external_customer_id=external_customer_id,
                     as_of_version=as_of_version,
                 ),
             )
@@ -964,27 +965,3 @@ def _usage_parameters(
 
 def _floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def _resolved_id(context: Context, customer_id: str | None, external: str | None) -> str | None:
-    if customer_id is not None or external is None:
-        return customer_id
-    row = context.storage.one(
-        exp.select("id")
-        .from_(table_ref("customers"))
-        .where(exp.column("external_customer_id").eq(exp.convert(external)))
-    )
-    return row[0] if row else None
-
-
-def _resolved_external(
-    context: Context, customer_id: str | None, external: str | None
-) -> str | None:
-    if external is not None or customer_id is None:
-        return external
-    row = context.storage.one(
-        exp.select("external_customer_id")
-        .from_(table_ref("customers"))
-        .where(exp.column("id").eq(exp.convert(customer_id)))
-    )
-    return row[0] if row else None

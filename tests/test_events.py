@@ -187,6 +187,24 @@ def test_amend_may_move_the_event_to_another_customer(seeded: engine.Store) -> N
     assert [row[0] for row in effective(seeded, customer_id=customer.id)] == ["a"]
 
 
+def test_effective_finds_a_customer_by_either_id(store: engine.Store, clock: FakeClock) -> None:
+    customer = store.customers.create(external_customer_id="globex")
+    store.ingest(
+        [
+            event("by-ext", clock.now - HOUR, ext="globex"),
+            event("by-id", clock.now - HOUR, customer_id=customer.id),
+            event("other", clock.now - HOUR, ext="acme"),
+        ]
+    )
+    for scope in (
+        {"customer_id": customer.id},
+        {"external_customer_id": "globex"},
+        {"customer_id": customer.id, "external_customer_id": "globex"},
+    ):
+        assert [row[0] for row in effective(store, **scope)] == ["by-ext", "by-id"], scope
+    assert effective(store, external_customer_id="unknown") == []
+
+
 def test_amend_ignores_the_grace_period_and_accepts_iso_text(seeded: engine.Store) -> None:
     # "o" is three days old: far outside the live window
     amend(seeded, "o", timestamp="2024-03-07T12:00:00Z", properties={"tokens": 40})
