@@ -20,6 +20,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,17 +63,38 @@ def render(tree: exp.Expr) -> str:
     return tree.sql(dialect=_DIALECT)
 
 
-# Rendered once: this runs before every cached read.
-_LATEST_SNAPSHOT = (
-    exp.select(exp.func("max", exp.column("snapshot_id")))
-    .from_("ducklake_snapshot")
-    .sql(dialect="sqlite")
+# The latest snapshot, read by DuckDB's own SQLite (see Storage.snapshot_id). Rendered once.
+_LATEST_SNAPSHOT = render(
+    exp.select(exp.func("max", exp.column("snapshot_id"))).from_(
+        exp.table_("ducklake_snapshot", db=f"__ducklake_metadata_{CATALOG}")
+    )
 )
+
+#: Longest a snapshot check may trust an unchanged catalog file (see Storage.snapshot_id).
+_SNAPSHOT_TRUST_SECONDS = 1.0
+
+
+def _is_write_ahead_log(catalog: Path) -> bool:
+    """Whether a SQLite file is in WAL mode: bytes 18 and 19 of its header are 2."""
+    try:
+        with catalog.open("rb") as file:
+            header = file.read(20)
+    except FileNotFoundError:
+        return False
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
 
 
 def _use_write_ahead_log(catalog: Path) -> None:
     """Put the SQLite catalog in WAL mode (a property of the file, kept across opens): readers
-    in other processes then never block a commit, and a commit never blocks them."""
+    in other processes then never block a commit, and a commit never blocks them.
+
+    Python's ``sqlite3`` touches the file only when it is not in WAL mode yet, which is when
+    the store is created: it is a second copy of SQLite in this process, and closing its
+    connection would drop the POSIX locks DuckDB's copy holds on the same file (then another
+    process may checkpoint under a commit in flight, and the commit is lost).
+    """
+    if _is_write_ahead_log(catalog):
+        return
     connection = sqlite3.connect(catalog, timeout=30)
     try:
         connection.execute("PRAGMA journal_mode=WAL")
@@ -80,6 +102,14 @@ def _use_write_ahead_log(catalog: Path) -> None:
         pass  # another process holds the catalog right now; it made the file WAL already
     finally:
         connection.close()
+
+
+def _file_token(path: Path) -> tuple[int, int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _extension_file(module: Any, name: str) -> Path:
@@ -132,6 +162,9 @@ class Storage:
         self._lock_file = open(path / "write.lock", "a+")  # noqa: SIM115 - held for the store's life
         self._write_depth = 0
         self._catalog_path = path / "catalog.sqlite"
+        self._seen_token: tuple[object, object] | None = None
+        self._seen_at = 0.0
+        self._seen_snapshot = -1
         try:
             self._attach(path)
         except BaseException:
@@ -320,18 +353,28 @@ class Storage:
             self._connection.execute("COMMIT")
 
     def snapshot_id(self) -> int:
-        """The latest committed DuckLake snapshot, read straight from the SQLite catalog.
+        """The latest committed DuckLake snapshot.
 
-        Costs a fraction of a millisecond (a DuckLake query costs milliseconds), so caches of
-        derived data can check it on every read. A new SQLite connection each time: a kept
-        one was seen to go on answering from an old state of the WAL-mode catalog.
+        Caches of derived data check it on every read, so it must cost microseconds: while the
+        catalog files (``catalog.sqlite`` and its WAL) are unchanged since the last check, and
+        that check is under a second old, the last answer stands; otherwise it is read through
+        DuckDB's own attachment of the catalog. (Never through Python's ``sqlite3``: see
+        :func:`_use_write_ahead_log`.) The second bounds staleness should a commit leave both
+        files' size and modification time as they were.
         """
-        connection = sqlite3.connect(f"file:{self._catalog_path}?mode=ro", uri=True)
-        try:
-            rows = connection.execute(_LATEST_SNAPSHOT).fetchall()
-        finally:
-            connection.close()
-        return int(rows[0][0]) if rows and rows[0][0] is not None else -1
+        token = (
+            _file_token(self._catalog_path),
+            _file_token(self._catalog_path.with_name(self._catalog_path.name + "-wal")),
+        )
+        now = time.monotonic()
+        if token == self._seen_token and now - self._seen_at < _SNAPSHOT_TRUST_SECONDS:
+            return self._seen_snapshot
+        with self._mutex:
+            rows = self._connection.execute(_LATEST_SNAPSHOT).fetchall()
+        snapshot = int(rows[0][0]) if rows and rows[0][0] is not None else -1
+        # the token was taken before the read: a commit in between changes it for next time
+        self._seen_token, self._seen_at, self._seen_snapshot = token, now, snapshot
+        return snapshot
 
     def close(self) -> None:
         with self._mutex:
