@@ -47,7 +47,8 @@ def _report(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
-        print(f"\nhostile http: {sum(COUNTS.values())} requests {json.dumps(dict(COUNTS))}")
+        sent = sum(count for name, count in COUNTS.items() if ":" not in name)
+        print(f"\nhostile http: {sent} requests {json.dumps(dict(COUNTS))}")
 
 
 def snapshot(env: Env) -> dict[str, list[tuple[Any, ...]]]:
@@ -167,7 +168,7 @@ def test_malformed_bodies_are_400(
                 headers={"Content-Type": "application/json"},
                 counter="malformed",
             )
-            assert time.perf_counter() - started < 10, name
+            assert time.perf_counter() - started < 20, name
         # JSON sent as a form or as text is not read as JSON.
         for content_type in ["application/x-www-form-urlencoded", "text/plain"]:
             assert_refused_unchanged(
@@ -469,6 +470,7 @@ def test_generated_deprecation_filters(
         before = lake_version(env)
         response = http.post("/v1/events/backfills", json=body)
         if response.status_code == 200:
+            COUNTS["filters:accepted"] += 1
             created.append(response.json()["id"])
             assert http.post(f"/v1/events/backfills/{created[-1]}/revert").status_code == 200
             return
@@ -493,6 +495,7 @@ def test_generated_metrics(env: Env, http: httpx.Client, seeded: dict[str, str])
         before = lake_version(env)
         response = http.post("/v1/metrics", json={"name": "m", "sql": " ".join(words)})
         if response.status_code == 201:  # a valid metric by chance: it is a metric
+            COUNTS["metrics:accepted"] += 1
             return
         assert response.status_code == 400, response.text[:300]
         assert_problem(response.json(), 400, "400-constraint-violation")
