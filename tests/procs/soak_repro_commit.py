@@ -25,7 +25,8 @@ holds on the same file (POSIX locks belong to the process, not the connection: S
 checkpoints and resets the WAL under the writer, whose commit vanishes or whose mapped -shm
 file is truncated (SIGBUS). Reading the snapshot id through DuckDB's own attachment instead
 (``SELECT max(snapshot_id) FROM ducklake_snapshots('lake')`` under the store's lock) made the
-full soak pass (see RELIABILITY.md, Concurrency).
+full soak pass (see RELIABILITY.md, Concurrency). Fixed in the engine by f741233; since then
+the same command gives ``commits=20 lost=0 raised=0``.
 
 Other options mimic more of the soak: ``--backfiller`` (``soak_backfiller.py`` beside),
 ``--own-backfills`` (the writer also closes small backfills), ``--reader-thread`` (the writer
