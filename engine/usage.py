@@ -75,13 +75,6 @@ SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS
 """
 
 
-_CACHED_TABLES = {
-    "cached_cells": USAGE_CELLS,
-    "cached_distinct": USAGE_DISTINCT,
-    "cached_customers": CUSTOMERS,
-}
-
-
 @dataclass(frozen=True)
 class _Registered:
     metric: Metric
@@ -277,28 +270,34 @@ class Usage:
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
 
     def _refresh_cache(self) -> None:
+        """On a new snapshot: reload the customers and the metric registry, and forget the
+        cells (each metric's are loaded again when first read)."""
         storage = self._context.storage
         snapshot = storage.snapshot_id()
         if snapshot == self._cached_snapshot:
             return
         with storage.read():
-            for name, table in _CACHED_TABLES.items():
-                storage.execute(create_temp_table(name, exp.select("*").from_(table_ref(table))))
+            storage.execute(
+                create_temp_table("cached_customers", exp.select("*").from_(table_ref(CUSTOMERS)))
+            )
             metrics = self._registered()
-            resolved = {
-                source: _frame(storage.arrow(_resolved_cells(exp.to_table(source))))
-                for source in ("cached_cells", "cached_distinct")
-            }
         self._cached_metrics = {m.metric.id: m for m in metrics}
         self._resolved_cells = {}
-        for source, frame in resolved.items():
-            for (metric_id,), cells in frame.partition_by("metric_id", as_dict=True).items():
-                if (source == "cached_distinct") == (
-                    self._cached_metrics[str(metric_id)].parsed.aggregate
-                    is Aggregate.COUNT_DISTINCT
-                ):
-                    self._resolved_cells[str(metric_id)] = cells.drop("metric_id")
         self._cached_snapshot = snapshot
+
+    def _cells_in_memory(self, metric: _Registered) -> pl.DataFrame:
+        """The metric's cells (distinct values for ``count(DISTINCT ...)``) with the customer
+        named both ways, as of the cached snapshot or later."""
+        metric_id = metric.metric.id
+        cells = self._resolved_cells.get(metric_id)
+        if cells is None:
+            distinct = metric.parsed.aggregate is Aggregate.COUNT_DISTINCT
+            query = _resolved_cells(
+                table_ref(USAGE_DISTINCT if distinct else USAGE_CELLS), distinct=distinct
+            ).where(exp.column("metric_id", table="c").eq(exp.convert(metric_id)))
+            cells = _frame(self._context.storage.arrow(query))
+            self._resolved_cells[metric_id] = cells
+        return cells
 
     # -- the registry -------------------------------------------------------------------------
 
@@ -455,7 +454,7 @@ class Usage:
                 metric,
                 _usage_in_memory(
                     metric,
-                    self._resolved_cells.get(metric_id),
+                    self._cells_in_memory(metric),
                     start,
                     end,
                     granularity,
@@ -464,13 +463,10 @@ class Usage:
                 ),
             )
         with storage.read():
-            if as_of is not None or not aligned:
-                version = self._as_of_version(as_of) if as_of is not None else None
-                cells, distinct = self._cells_from_events(
-                    metric, start, end, customer_id, external_customer_id, version
-                )
-            else:
-                cells, distinct = exp.to_table("cached_cells"), exp.to_table("cached_distinct")
+            version = self._as_of_version(as_of) if as_of is not None else None
+            cells, distinct = self._cells_from_events(
+                metric, start, end, customer_id, external_customer_id, version
+            )
             source = distinct if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT else cells
             shape = (
                 metric.parsed.aggregate,
@@ -754,13 +750,12 @@ def _named_group(metric: _Registered, frame: pl.DataFrame) -> pl.DataFrame:
     return frame.rename({"group_value": name})
 
 
-def _resolved_cells(source: exp.Table) -> exp.Select:
-    """A cells table with the customer named both ways (an event names it one way; the
-    customers table knows both), for the in-memory usage path."""
-    cells = source.as_("c")
+def _resolved_cells(source: exp.Table, *, distinct: bool) -> exp.Select:
+    """A cells table (or distinct-values table) with the customer named both ways (an event
+    names it one way; the customers table knows both), for the in-memory usage path."""
+    measures = ("value",) if distinct else ("events", "total", "minimum", "maximum")
     return (
         exp.select(
-            exp.column("metric_id", table="c"),
             exp.alias_(
                 exp.func(
                     "coalesce",
@@ -779,16 +774,9 @@ def _resolved_cells(source: exp.Table) -> exp.Select:
             ),
             exp.column("bucket", table="c"),
             exp.column("group_value", table="c"),
-            *(
-                exp.column(name, table="c")
-                for name in (
-                    ("value",)
-                    if source.name == "cached_distinct"
-                    else ("events", "total", "minimum", "maximum")
-                )
-            ),
+            *(exp.column(name, table="c") for name in measures),
         )
-        .from_(cells)
+        .from_(source.as_("c"))
         .join(
             exp.to_table("cached_customers").as_("by_id"),
             on=exp.column("id", table="by_id").eq(exp.column("customer_id", table="c")),
@@ -820,7 +808,7 @@ _USAGE_SCHEMA = pl.Schema(
 
 def _usage_in_memory(
     metric: _Registered,
-    cells: pl.DataFrame | None,
+    cells: pl.DataFrame,
     start: datetime,
     end: datetime,
     granularity: Granularity,
@@ -830,8 +818,6 @@ def _usage_in_memory(
 ) -> pl.DataFrame:
     """:data:`_USAGE` computed by Polars over the in-memory cells of one metric, for an
     hour-aligned timeframe: a DuckDB statement costs milliseconds to plan, this a fraction."""
-    if cells is None:
-        return pl.DataFrame(schema=_USAGE_SCHEMA)
     bucket = pl.col("bucket")
     condition = (bucket >= start) & (bucket < end)
     if customer_id is not None:
