@@ -295,7 +295,8 @@ def effective_events(
     """
     row_conditions = _in_timeframe(timeframe_start, timeframe_end, table="l")
     deprecation_conditions = _in_timeframe(timeframe_start, timeframe_end, table="d")
-    supersession_conditions: list[exp.Expr] = []
+    # a supersession carries the timestamp of the row it supersedes: prune it like the rows
+    supersession_conditions = _in_timeframe(timeframe_start, timeframe_end, table="s")
     if customer_id is not None or external_customer_id is not None:
         row_conditions.append(customer_scope(customer_id, external_customer_id, table="l"))
     if as_of_version is not None:

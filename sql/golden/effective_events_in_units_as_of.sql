@@ -21,7 +21,9 @@ WITH reflected AS (
       )
     )
     AND (
-      s.superseded_by <= 7
+      s.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+      AND s.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+      AND s.superseded_by <= 7
     )
 ), counted_deprecations AS (
   SELECT

@@ -18,7 +18,10 @@ WITH reflected AS (
         FROM reflected AS r
       )
     )
-    AND TRUE
+    AND (
+      s.timestamp >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+      AND s.timestamp < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+    )
 ), counted_deprecations AS (
   SELECT
     d.idempotency_key,
