@@ -214,7 +214,8 @@ class Storage:
             ],
         )
         self._connection.execute(render(attach))
-        missing = [table for table in TABLES if table.name not in self._existing_tables()]
+        existing = self._existing_tables()
+        missing = [table for table in TABLES if table.name not in existing]
         if missing:
             with self.write():
                 for table in missing:
