@@ -21,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,12 @@ _LATEST_SNAPSHOT = render(
 
 #: Longest a snapshot check may trust an unchanged catalog file (see Storage.snapshot_id).
 _SNAPSHOT_TRUST_SECONDS = 1.0
+
+#: Catalogs attached by open stores of this process, with how many stores hold each: only the
+#: first may read the file outside DuckDB (closing any descriptor of a file drops every POSIX
+#: lock this process holds on it, DuckDB's included).
+_ATTACHED: Counter[Path] = Counter()
+_ATTACHED_LOCK = threading.Lock()
 
 
 def _is_write_ahead_log(catalog: Path) -> bool:
@@ -162,6 +169,8 @@ class Storage:
         self._lock_file = open(path / "write.lock", "a+")  # noqa: SIM115 - held for the store's life
         self._write_depth = 0
         self._catalog_path = path / "catalog.sqlite"
+        self._catalog_key = self._catalog_path.resolve()
+        self._attached = False
         self._seen_token: tuple[object, object] | None = None
         self._seen_at = 0.0
         self._seen_snapshot = -1
@@ -172,7 +181,11 @@ class Storage:
             raise
 
     def _attach(self, path: Path) -> None:
-        _use_write_ahead_log(self._catalog_path)
+        with _ATTACHED_LOCK:
+            if not _ATTACHED[self._catalog_key]:
+                _use_write_ahead_log(self._catalog_path)
+            _ATTACHED[self._catalog_key] += 1
+            self._attached = True
         for module, name in (
             (duckdb_extension_ducklake, "ducklake"),
             (duckdb_extension_sqlite_scanner, "sqlite_scanner"),
@@ -381,6 +394,10 @@ class Storage:
         with self._mutex:
             self._connection.close()
             self._lock_file.close()
+            with _ATTACHED_LOCK:
+                if self._attached:
+                    self._attached = False
+                    _ATTACHED[self._catalog_key] -= 1
 
     # -- internals ----------------------------------------------------------------------------
 
