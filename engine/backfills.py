@@ -382,7 +382,10 @@ class Backfills:
             insert_rows(
                 SUPERSESSIONS,
                 supersession_rows(
-                    newer=staged_keys, by_version=version, by_backfill_id=backfill.id
+                    newer=staged_keys,
+                    by_version=version,
+                    by_backfill_id=backfill.id,
+                    stored_restriction=self._context.keys.stored_rows(staged_keys, table="s"),
                 ),
             )
         )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlglot import exp
 
 from engine.errors import ConstraintViolation
+from engine.keys import KeyIndex
 from engine.queries import table_ref
 from engine.schema import COMMITS
 from engine.storage import Storage
@@ -68,6 +69,8 @@ class Context:
     storage: Storage
     clock: Clock
     settings: Settings
+    #: Where the stored rows of a key lie; every dedup and supersession lookup goes through it.
+    keys: KeyIndex
 
     def now(self) -> datetime:
         """The current instant as a naive UTC datetime, microsecond precision."""

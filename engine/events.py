@@ -168,13 +168,16 @@ class Events:
         with storage.write():
             self._current(event_id, action="deprecate")
             version = context.next_version()
+            keys = _keys([event_id])
+            # looked up before the tombstone is written (the index must not see it)
+            stored = context.keys.stored_rows(keys, table="s")
             tombstone = with_reflected(
                 bind(
                     'SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, '
                     "l.external_customer_id, l.properties, CAST(:version AS BIGINT) AS version, "
                     "CAST(NULL AS VARCHAR) AS backfill_id, 'tombstone' AS kind FROM latest AS l",
                     version=version,
-                    ctes={"latest": latest_rows(keys=_keys([event_id]))},
+                    ctes={"latest": latest_rows(keys=keys, stored_restriction=stored)},
                 )
             )
             storage.execute(insert_rows(STORED_EVENTS, tombstone))
@@ -182,7 +185,10 @@ class Events:
                 insert_rows(
                     SUPERSESSIONS,
                     supersession_rows(
-                        newer=_keys([event_id]), by_version=version, by_backfill_id=None
+                        newer=keys,
+                        by_version=version,
+                        by_backfill_id=None,
+                        stored_restriction=stored,
                     ),
                 )
             )
@@ -200,10 +206,16 @@ class Events:
     # -- internals --------------------------------------------------------------------------
 
     def _latest(self, keys: list[str]) -> list[dict[str, Any]]:
-        query = with_reflected(
-            bind(_LATEST_WITH_STATE, ctes={"latest": latest_rows(keys=_keys(keys))})
-        )
-        rows: list[dict[str, Any]] = self._context.storage.arrow(query).to_pylist()
+        storage = self._context.storage
+        # one snapshot for the key index's lookup and the query it narrows
+        with storage.read():
+            selected = _keys(keys)
+            latest = latest_rows(
+                keys=selected,
+                stored_restriction=self._context.keys.stored_rows(selected, table="s"),
+            )
+            query = with_reflected(bind(_LATEST_WITH_STATE, ctes={"latest": latest}))
+            rows: list[dict[str, Any]] = storage.arrow(query).to_pylist()
         return rows
 
     def _current(self, event_id: str, *, action: str) -> dict[str, Any]:

@@ -162,7 +162,13 @@ class Ingestor:
             create_temp_table(
                 "first_copies",
                 first_copies(
-                    backfill_id=backfill.id if backfill else None, all_keys_distinct=not repeats
+                    backfill_id=backfill.id if backfill else None,
+                    all_keys_distinct=not repeats,
+                    stored_restriction=(
+                        self._context.keys.stored_rows(bind("SELECT idempotency_key FROM incoming"))
+                        if backfill is None
+                        else None
+                    ),
                 ),
             )
         )
@@ -326,6 +332,10 @@ class Ingestor:
         context = self._context
         storage = context.storage
         version = context.next_version()
+        # looked up before this commit's rows are written (the index must not see them)
+        stored_restriction = (
+            context.keys.stored_rows(superseding, table="s") if superseding is not None else None
+        )
         select = bind(
             "SELECT n.*, CAST(:version AS BIGINT) AS version, "
             "CAST(NULL AS VARCHAR) AS backfill_id, "
@@ -339,7 +349,12 @@ class Ingestor:
             storage.execute(
                 insert_rows(
                     SUPERSESSIONS,
-                    supersession_rows(newer=superseding, by_version=version, by_backfill_id=None),
+                    supersession_rows(
+                        newer=superseding,
+                        by_version=version,
+                        by_backfill_id=None,
+                        stored_restriction=stored_restriction,
+                    ),
                 )
             )
         late_deprecations(context, version=version)

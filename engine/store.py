@@ -17,6 +17,7 @@ from engine.customers import Customers
 from engine.errors import ConstraintViolation
 from engine.events import Events
 from engine.ingest import Ingestor
+from engine.keys import KeyIndex
 from engine.maintenance import DEFAULT_FILE_GRACE, DEFAULT_RETENTION, compact
 from engine.models import CompactResult, IngestResult
 from engine.queries import all_events, effective_events, table_ref
@@ -222,5 +223,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose: engine.open(path)
         max_backfill_duration=max_backfill_duration,
     )
     storage = Storage(Path(path), memory_limit=memory_limit)
-    context = Context(storage=storage, clock=clock or system_clock, settings=settings)
+    context = Context(
+        storage=storage, clock=clock or system_clock, settings=settings, keys=KeyIndex(storage)
+    )
     return Store(storage, context)

@@ -18,6 +18,7 @@ LAYERS = {
     "metrics": 3,
     "queries": 4,
     "storage": 5,
+    "keys": 6,
     "context": 6,
     "customers": 6,
     "ingest": 6,

@@ -23,6 +23,12 @@ START = datetime(2026, 11, 1)
 END = datetime(2026, 11, 2)
 
 
+def _one_day(table: str | None) -> exp.Expr:
+    """A key index's answer: the stored rows of the keys in question lie on one day."""
+    timestamp = exp.column("timestamp", table=table, quoted=True)
+    return exp.and_(timestamp >= exp.convert(START), timestamp < exp.convert(END))
+
+
 def _pretty(tree: exp.Expression) -> str:
     return tree.sql(dialect="duckdb", pretty=True) + ";\n"
 
@@ -59,8 +65,17 @@ CANONICAL: dict[str, Callable[[], exp.Expr]] = {
     "effective_events_in_units_as_of": lambda: queries.effective_events(
         timeframe_start=START, timeframe_end=END, units="affected_units", as_of_version=7
     ),
+    "effective_events_in_units_of_few_customers": lambda: queries.effective_events(
+        timeframe_start=START,
+        timeframe_end=END,
+        units="affected_units",
+        unit_customers=["ext:acme", "id:cus_1"],
+    ),
     "supersessions_of_a_close": lambda: queries.supersession_rows(
-        newer=exp.select("idempotency_key").from_("staged"), by_version=7, by_backfill_id="bf_1"
+        newer=exp.select("idempotency_key").from_("staged"),
+        by_version=7,
+        by_backfill_id="bf_1",
+        stored_restriction=_one_day("s"),
     ),
     "effective_events": lambda: queries.effective_events(),
     "effective_events_one_customer_one_day": lambda: queries.effective_events(
@@ -91,7 +106,7 @@ CANONICAL: dict[str, Callable[[], exp.Expr]] = {
         live=True, oldest=START, newest=END, grace="12 h", tolerance="5 min"
     ),
     "ingest_first_copies_live": lambda: queries.first_copies(
-        backfill_id=None, all_keys_distinct=True
+        backfill_id=None, all_keys_distinct=True, stored_restriction=_one_day(None)
     ),
     "ingest_first_copies_backfill": lambda: queries.first_copies(
         backfill_id="bf_1", all_keys_distinct=False

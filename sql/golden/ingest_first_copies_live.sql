@@ -9,6 +9,10 @@ WITH known AS (
         i.idempotency_key
       FROM incoming AS i
     )
+    AND (
+      "timestamp" >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+      AND "timestamp" < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+    )
   GROUP BY
     idempotency_key
 )

@@ -18,4 +18,8 @@ WHERE
       n.idempotency_key
     FROM newer AS n
   )
-  AND s.version < 7;
+  AND s.version < 7
+  AND (
+    "s"."timestamp" >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+    AND "s"."timestamp" < CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+  );

@@ -1,0 +1,216 @@
+"""The key index: where the stored rows of a set of keys lie, never missing one."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from itertools import pairwise
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from procs.common import NOW
+from sqlglot import exp
+
+import engine
+from engine.keys import _day_ranges, _merged
+from engine.queries import bind, table_ref
+from engine.schema import STORED_EVENTS
+
+BASE = NOW - timedelta(days=40)
+
+
+def _event(key: str, at: datetime, customer: str = "acme") -> dict[str, object]:
+    return {
+        "idempotency_key": key,
+        "event_name": "call",
+        "timestamp": at.isoformat().replace("+00:00", "Z"),
+        "external_customer_id": customer,
+        "properties": {"n": 1},
+    }
+
+
+def _keys(*keys: str) -> exp.Expr:
+    values = ", ".join(f"('{key}')" for key in keys)
+    return bind(f"SELECT k.idempotency_key FROM (VALUES {values}) AS k(idempotency_key)")
+
+
+def _condition(store: engine.Store, *keys: str) -> exp.Expr:
+    with store._storage.read():
+        return store._context.keys.stored_rows(_keys(*keys))
+
+
+def _rows_kept(store: engine.Store, condition: exp.Expr, *keys: str) -> tuple[int, int]:
+    """(stored rows of ``keys``, how many of them satisfy ``condition``)."""
+    key_list = exp.column("idempotency_key").isin(*[exp.convert(k) for k in keys])
+    query = (
+        exp.select(
+            exp.func("count", exp.Star()),
+            exp.func("coalesce", exp.func("count_if", condition), exp.convert(0)),
+        )
+        .from_(table_ref(STORED_EVENTS))
+        .where(key_list)
+    )
+    row = store._storage.one(query)
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _backfill(
+    store: engine.Store, day: datetime, events: list[dict[str, object]], *, days: int = 1
+) -> None:
+    backfill = store.backfills.create(
+        timeframe_start=day, timeframe_end=day + timedelta(days=days), replace_existing_events=False
+    )
+    store.ingest(events, backfill_id=backfill.id)
+    store.backfills.close(backfill.id)
+
+
+def test_keys_never_stored_narrow_to_nothing(store: engine.Store) -> None:
+    store.ingest([_event("known", NOW - timedelta(hours=1))])
+    assert _condition(store, "unknown", "also-unknown") == exp.false()
+
+
+def test_rows_of_a_key_on_several_days_are_all_kept(store: engine.Store) -> None:
+    store.ingest([_event("k", NOW - timedelta(hours=1))])
+    day = BASE.replace(hour=0, minute=0, second=0, microsecond=0)
+    # the same key re-sent in backfills on other days: three stored rows on three days
+    _backfill(store, day, [_event("k", day + timedelta(hours=3))])
+    _backfill(store, day + timedelta(days=2), [_event("other", day + timedelta(days=2, hours=1))])
+    _backfill(store, day + timedelta(days=5), [_event("k", day + timedelta(days=5, hours=1))])
+    condition = _condition(store, "k")
+    assert _rows_kept(store, condition, "k") == (3, 3)
+    sql = condition.sql(dialect="duckdb")
+    assert sql.count('timestamp" >=') == 3, sql  # one range per day, not one span
+    # rows of other keys on other days are pruned away
+    assert _rows_kept(store, condition, "other") == (1, 0)
+
+
+def test_many_days_become_one_span(store: engine.Store) -> None:
+    day = (NOW - timedelta(days=100)).replace(hour=0, minute=0, second=0, microsecond=0)
+    keys = []
+    for window in range(3):  # every other day of 90: 45 separate days
+        start = day + timedelta(days=30 * window)
+        events = [
+            _event(f"k{window}-{n}", start + timedelta(days=n, hours=1)) for n in range(0, 30, 2)
+        ]
+        keys += [str(e["idempotency_key"]) for e in events]
+        _backfill(store, start, events, days=30)
+    condition = _condition(store, *keys)
+    assert _rows_kept(store, condition, *keys) == (45, 45)
+    assert condition.sql(dialect="duckdb").count('timestamp" >=') == 1
+
+
+def test_an_emptied_store_is_read_again(store: engine.Store) -> None:
+    store.ingest([_event("k", NOW - timedelta(hours=1))])
+    assert _condition(store, "k") != exp.false()
+    storage = store._storage
+    with storage.write():
+        for table in ("stored_events", "commits"):
+            storage.execute(exp.delete(exp.table_(table, db="main", catalog="lake")))
+    store.ingest([_event("j", NOW - timedelta(hours=1))])
+    assert _condition(store, "k") == exp.false()
+    assert _condition(store, "j") != exp.false()
+
+
+def test_a_row_outside_the_representable_years_matches_every_day(store: engine.Store) -> None:
+    store.ingest([_event("k", NOW - timedelta(hours=1))])
+    storage = store._storage
+    with storage.write():
+        storage.execute(
+            bind(
+                "INSERT INTO lake.main.stored_events SELECT 'ancient', 'call', "
+                "TIMESTAMP '20000-01-01 00:00:00', NULL, 'acme', '{}', 2, NULL, 'event'"
+            )
+        )
+        storage.execute(bind("INSERT INTO lake.main.commits SELECT 2, 'ingest', NULL, now(), 1"))
+    assert _condition(store, "ancient") == exp.true()
+    assert _condition(store, "k") != exp.true()
+
+
+def test_a_rolled_back_write_leaves_no_trace(store: engine.Store) -> None:
+    """A preview runs the close and rolls it back: its rows must not enter the index, and the
+    versions it used must be read again once a real commit reuses them."""
+    store.ingest([_event("live", NOW - timedelta(hours=1))])
+    day = BASE.replace(hour=0, minute=0, second=0, microsecond=0)
+    backfill = store.backfills.create(
+        timeframe_start=day, timeframe_end=day + timedelta(days=1), replace_existing_events=False
+    )
+    store.ingest([_event("late", day + timedelta(hours=2))], backfill_id=backfill.id)
+    store.backfills.preview(backfill.id)
+    assert _condition(store, "late") == exp.false()
+    store.backfills.close(backfill.id)
+    assert _rows_kept(store, _condition(store, "late"), "late") == (1, 1)
+    # the key is now stored: sent live it supersedes the backfill's row instead of duplicating
+    result = store.ingest([_event("late", NOW - timedelta(hours=1))])
+    assert result.ingested == ["late"]
+    assert _rows_kept(store, _condition(store, "late"), "late") == (2, 2)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.integers(0, 30), st.integers(0, 20)), min_size=1, max_size=12),
+        min_size=1,
+        max_size=5,
+    ),
+    asked=st.lists(st.integers(0, 40), min_size=1, max_size=8),
+)
+def test_no_stored_row_of_an_asked_key_is_ever_left_out(
+    store: engine.Store, batches: list[list[tuple[int, int]]], asked: list[int]
+) -> None:
+    """Keys ingested in backfills on random days, read back after every commit: every stored
+    row of the asked keys satisfies the condition, and none of an unknown key does."""
+    storage = store._storage
+    with storage.write():
+        for table in ("stored_events", "staged_events", "backfills", "commits", "supersessions"):
+            storage.execute(exp.delete(exp.table_(table, db="main", catalog="lake")))
+    day = BASE.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=10)
+    for batch in batches:
+        first = min(d for _, d in batch)
+        backfill = store.backfills.create(
+            timeframe_start=day + timedelta(days=first),
+            timeframe_end=day + timedelta(days=first + 21),
+            replace_existing_events=False,
+        )
+        by_key = {key: d for d, key in ((d, f"k{k}") for k, d in batch)}
+        store.ingest(
+            [_event(key, day + timedelta(days=d, hours=3)) for key, d in by_key.items()],
+            backfill_id=backfill.id,
+        )
+        store.backfills.close(backfill.id)
+        keys = [f"k{n}" for n in asked]
+        total, kept = _rows_kept(store, _condition(store, *keys), *keys)
+        assert kept == total
+    assert _condition(store, "never-sent") == exp.false()
+
+
+@pytest.mark.parametrize("keys", [["a"], ["a", "b", "c"]])
+def test_the_answer_is_a_condition_duckdb_accepts(store: engine.Store, keys: list[str]) -> None:
+    store.ingest([_event(k, NOW - timedelta(hours=1)) for k in keys])
+    condition = _condition(store, *keys)
+    assert _rows_kept(store, condition, *keys) == (len(keys), len(keys))
+
+
+@given(
+    older=st.lists(st.integers(0, 2**64 - 1), max_size=50),
+    newer=st.lists(st.integers(0, 2**64 - 1), max_size=50),
+)
+def test_merging_two_sorted_runs_equals_sorting_them(older: list[int], newer: list[int]) -> None:
+    first = np.array(sorted(older), dtype=np.uint64)
+    second = np.array(sorted(newer), dtype=np.uint64)
+    assert _merged(first, second).tolist() == sorted(older + newer)
+
+
+@given(days=st.sets(st.integers(-1000, 1000), max_size=40))
+def test_day_ranges_cover_exactly_the_days(days: set[int]) -> None:
+    ranges = _day_ranges(np.array(sorted(days), dtype=np.int64))
+    covered = [day for first, last in ranges for day in range(first, last + 1)]
+    assert covered == sorted(days)
+    # maximal runs: no two ranges touch
+    assert all(b[0] > a[1] + 1 for a, b in pairwise(ranges))
