@@ -70,6 +70,10 @@ FROM lake.main.deprecations
 WHERE backfill_id = :backfill_id AND "timestamp" >= :start AND "timestamp" < :end
 """
 
+#: Up to this many customers in a commit's units, the scan for their events tests the
+#: customer ids itself (a long IN list would cost more per row than the join it spares).
+_FEW_CUSTOMERS = 64
+
 _AFFECTED_UNITS = """
 SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
 """
@@ -376,10 +380,20 @@ class Usage:
             )
             delete.set("using", [exp.to_table("affected_units").as_("u")])
             storage.execute(delete)
+        customers = storage.rows(
+            exp.select("customer_key").distinct().from_("affected_units").limit(_FEW_CUSTOMERS + 1)
+        )
         storage.execute(
             create_temp_table(
                 "unit_events",
-                effective_events(timeframe_start=start, timeframe_end=end, units="affected_units"),
+                effective_events(
+                    timeframe_start=start,
+                    timeframe_end=end,
+                    units="affected_units",
+                    unit_customers=(
+                        [key for (key,) in customers] if len(customers) <= _FEW_CUSTOMERS else None
+                    ),
+                ),
             )
         )
         self._insert_cells(metrics, "unit_events")
@@ -502,16 +516,22 @@ class Usage:
         """After ``refresh_changed(capture_before=True)``: per metric, customer and day of the
         touched units, the value before and after, where they differ."""
         storage = self._context.storage
-        bounds = storage.one(
-            bind(
-                "SELECT min(date_trunc('day', bucket)), max(date_trunc('day', bucket)) "
-                "FROM affected_units"
+        metrics = self._registered()
+        # without metrics refresh_changed made no affected_units: nothing can change
+        bounds = (
+            storage.one(
+                bind(
+                    "SELECT min(date_trunc('day', bucket)), max(date_trunc('day', bucket)) "
+                    "FROM affected_units"
+                )
             )
+            if metrics
+            else None
         )
         frames = []
         if bounds is not None and bounds[0] is not None:
             start, end = bounds[0], bounds[1] + timedelta(days=1)
-            for metric in self._registered():
+            for metric in metrics:
                 distinct = metric.parsed.aggregate is Aggregate.COUNT_DISTINCT
                 before = exp.to_table("before_distinct" if distinct else "before_cells")
                 after = _in_affected_days(table_ref(USAGE_DISTINCT if distinct else USAGE_CELLS))

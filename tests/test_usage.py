@@ -8,6 +8,7 @@ close, a revert, an amendment and a deprecation.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -348,3 +349,23 @@ def test_preview_writes_nothing(
     assert store.sql("SELECT count(*) FROM lake.snapshots()").fetchone() == snapshots
     assert sorted(p.name for p in store.path.rglob("*.parquet")) == files
     assert store.backfills.get(backfill.id).status == "pending"
+
+
+def test_preview_without_metrics_is_empty(store_path: Path, clock: FakeClock) -> None:
+    """A fresh process with no metric has never made the temp table a preview reads."""
+    with engine.open(store_path, clock=clock) as fresh:
+        backfill = fresh.backfills.create(
+            timeframe_start=NOW - 4 * HOUR, timeframe_end=NOW, deprecation_filter="tokens > 0"
+        )
+        fresh.ingest(_events("c", NOW - 3 * HOUR, 4), backfill_id=backfill.id)
+        preview = fresh.backfills.preview(backfill.id)
+        assert preview.height == 0
+        assert preview.columns == [
+            "metric_id",
+            "customer_id",
+            "external_customer_id",
+            "timeframe_start",
+            "before",
+            "after",
+            "delta",
+        ]
