@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CATALOG", "TABLES", "Column", "Table", "table"]
+__all__ = ["CATALOG", "OPTIONS", "TABLES", "Column", "Table", "table"]
 
 #: Name under which the DuckLake catalog is attached in every connection.
 CATALOG = "lake"
@@ -201,6 +201,12 @@ TABLES: tuple[Table, ...] = (
     USAGE_CELLS,
     USAGE_DISTINCT,
 )
+
+
+#: DuckLake options a new store is created with (``CALL lake.set_option(name, value)``).
+#: zstd instead of DuckLake's default snappy: 21.1 instead of 35.6 bytes per stored event on
+#: the sample generator's events (2M events), at about the same ingest speed and read speed.
+OPTIONS: tuple[tuple[str, str], ...] = (("parquet_compression", "zstd"),)
 
 
 def table(name: str) -> Table:

@@ -34,7 +34,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from engine.errors import ConstraintViolation
-from engine.schema import CATALOG, TABLES, Table
+from engine.schema import CATALOG, OPTIONS, TABLES, Table
 
 __all__ = ["Prepared", "Relation", "Storage", "render"]
 
@@ -140,6 +140,12 @@ def _table_ddl(table: Table) -> exp.Create:
     return exp.Create(this=schema, kind="TABLE", exists=True)
 
 
+def _option_ddl(name: str, value: str) -> exp.Command:
+    # sqlglot parses CALL as a Command too; its arguments are rendered literals.
+    arguments = ", ".join(render(exp.Literal.string(text)) for text in (name, value))
+    return exp.Command(this="CALL", expression=f"{CATALOG}.set_option({arguments})")
+
+
 def _partition_ddl(table: Table) -> exp.Command:
     # sqlglot has no node for DuckLake's SET PARTITIONED BY, so the statement is a Command
     # whose parts are themselves rendered trees from the schema module.
@@ -231,6 +237,8 @@ class Storage:
         missing = [table for table in TABLES if table.name not in existing]
         if missing:
             with self.write():
+                for name, value in OPTIONS:
+                    self.execute(_option_ddl(name, value))
                 for table in missing:
                     self.execute(_table_ddl(table))
                     if table.partitioned_by:

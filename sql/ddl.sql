@@ -1,5 +1,7 @@
 -- Tables of a store (rendered from engine/schema.py; do not edit by hand).
 
+CALL lake.set_option('parquet_compression', 'zstd');
+
 CREATE TABLE IF NOT EXISTS lake.main.stored_events (
   idempotency_key TEXT,
   event_name TEXT,

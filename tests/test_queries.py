@@ -14,8 +14,8 @@ from sqlglot import exp
 from engine import queries, usage
 from engine.metrics import parse_metric
 from engine.models import Metric
-from engine.schema import STORED_EVENTS, TABLES
-from engine.storage import _partition_ddl, _table_ddl, render
+from engine.schema import OPTIONS, STORED_EVENTS, TABLES
+from engine.storage import _option_ddl, _partition_ddl, _table_ddl, render
 
 SQL = Path(__file__).resolve().parents[1] / "sql"
 
@@ -126,7 +126,7 @@ def test_canonical_query_matches_golden(name: str, update_golden: bool) -> None:
 
 
 def test_ddl_file_matches_schema(update_golden: bool) -> None:
-    statements = []
+    statements = [render(_option_ddl(name, value)) + ";\n" for name, value in OPTIONS]
     for table in TABLES:
         statements.append(_pretty(_table_ddl(table)))
         if table.partitioned_by:

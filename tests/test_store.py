@@ -86,6 +86,21 @@ def test_a_moved_store_folder_opens(store_path: Path, clock: FakeClock, tmp_path
         assert [row[0] for row in effective(reopened)] == ["k1"]
 
 
+def test_a_new_store_writes_zstd_parquet(store_path: Path, clock: FakeClock) -> None:
+    """The store's DuckLake options (schema.OPTIONS) are set when it is created."""
+    with engine.open(store_path, clock=clock) as store:
+        store.ingest([event(f"k{n}", NOW) for n in range(50)])
+    files = list((store_path / "data").rglob("*.parquet"))
+    assert files
+    codecs = set()
+    for path in files:
+        metadata = pq.ParquetFile(path).metadata
+        for group in range(metadata.num_row_groups):
+            row_group = metadata.row_group(group)
+            codecs |= {row_group.column(i).compression for i in range(metadata.num_columns)}
+    assert codecs == {"ZSTD"}
+
+
 def test_a_failed_open_releases_its_files(store_path: Path, clock: FakeClock) -> None:
     store_path.mkdir()
     (store_path / "catalog.sqlite").write_text("this is not a SQLite database\n" * 100)
