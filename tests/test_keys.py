@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from procs.common import NOW
+from procs.common import NOW, FakeClock
 from sqlglot import exp
 
 import engine
@@ -36,8 +37,10 @@ def _keys(*keys: str) -> exp.Expr:
 
 
 def _condition(store: engine.Store, *keys: str) -> exp.Expr:
+    index = store._context.keys
     with store._storage.read():
-        return store._context.keys.stored_rows(_keys(*keys))
+        index.stored_rows(_keys(*keys))  # the first lookup of a process only scans
+        return index.stored_rows(_keys(*keys))
 
 
 def _rows_kept(store: engine.Store, condition: exp.Expr, *keys: str) -> tuple[int, int]:
@@ -64,6 +67,18 @@ def _backfill(
     )
     store.ingest(events, backfill_id=backfill.id)
     store.backfills.close(backfill.id)
+
+
+def test_the_first_lookup_of_a_process_scans_and_builds_nothing(
+    store_path: Path, clock: FakeClock
+) -> None:
+    with engine.open(store_path, clock=clock) as fresh:
+        fresh.ingest([_event("k", NOW - timedelta(hours=1))])  # the first lookup
+        index = fresh._context.keys
+        assert index._runs == []
+        with fresh._storage.read():
+            assert index.stored_rows(_keys("unknown")) == exp.false()
+        assert sum(len(run) for run in index._runs) == 1
 
 
 def test_keys_never_stored_narrow_to_nothing(store: engine.Store) -> None:
