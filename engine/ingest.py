@@ -358,7 +358,9 @@ class Ingestor:
                 )
             )
         late_deprecations(context, version=version)
-        self._usage.refresh_changed(version=version)
+        self._usage.refresh_changed(
+            version=version, written=select, superseding=superseding is not None
+        )
         context.record_commit(version, "ingest" if kind == "event" else kind, events=count)
         return version
 

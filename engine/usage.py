@@ -49,10 +49,12 @@ _DISTINCT_COLUMNS = [c.name for c in USAGE_DISTINCT.columns]
 # Units (customer, hour) a commit touched: the rows it wrote, the older rows those supersede,
 # and (for a backfill close or revert) the rows the backfill deprecates. Each part reads a small
 # table or pruned files (by version, or by the backfill's timeframe).
-_TOUCHED_BY_VERSION = """
+_WRITTEN_AT_VERSION = """
 SELECT customer_id, external_customer_id, "timestamp"
 FROM lake.main.stored_events WHERE version = :version
-UNION ALL
+"""
+
+_SUPERSEDED_AT_VERSION = """
 SELECT customer_id, external_customer_id, "timestamp"
 FROM lake.main.supersessions WHERE superseded_by = :version
 """
@@ -318,12 +320,19 @@ class Usage:
         self,
         *,
         version: int | None = None,
+        written: exp.Expr | None = None,
+        superseding: bool = True,
         backfill_id: str | None = None,
         timeframe: tuple[datetime, datetime] | None = None,
         capture_before: bool = False,
     ) -> None:
         """Re-aggregate the units a commit touched: rows written at ``version``, or the rows of
         backfill ``backfill_id`` and those it deprecates (within ``timeframe``).
+
+        For a version, ``written`` may select the rows the commit wrote (``customer_id``,
+        ``external_customer_id``, ``timestamp``) from where the writer still has them, and
+        ``superseding=False`` says none of them superseded a stored row: each spares a scan of
+        a lake table (10-20 ms of DuckLake catalog work even when it finds nothing).
 
         ``capture_before`` keeps the cells of the touched (customer, day)s as they were, in
         the temp tables ``before_cells`` and ``before_distinct``, for :meth:`preview_diff`.
@@ -347,7 +356,18 @@ class Usage:
             )
         else:
             assert version is not None
-            touched = bind(_TOUCHED_BY_VERSION, version=version)
+            rows: exp.Expr
+            if isinstance(written, exp.Query):
+                columns = ("customer_id", "external_customer_id", "timestamp")
+                rows = exp.select(*(exp.column(c, quoted=True) for c in columns)).from_(
+                    written.subquery("w")
+                )
+            else:
+                rows = bind(_WRITTEN_AT_VERSION, version=version)
+            parts: list[exp.Expr] = [rows]
+            if superseding:
+                parts.append(bind(_SUPERSEDED_AT_VERSION, version=version))
+            touched = parts[0] if len(parts) == 1 else exp.union(*parts, distinct=False)
         units = bind(
             _AFFECTED_UNITS,
             customer_key=customer_key(table="s"),
