@@ -32,6 +32,7 @@ from engine.queries import (
     effective_events,
     hour_bucket,
     insert_rows,
+    reflected_backfills,
     table_ref,
 )
 from engine.schema import CUSTOMERS, METRICS, USAGE_CELLS, USAGE_DISTINCT
@@ -75,6 +76,9 @@ WHERE backfill_id = :backfill_id AND "timestamp" >= :start AND "timestamp" < :en
 #: Up to this many customers in a commit's units, the scan for their events tests the
 #: customer ids itself (a long IN list would cost more per row than the join it spares).
 _FEW_CUSTOMERS = 64
+
+#: Up to this many reflected backfills are listed in the refresh query as literals.
+_FEW_REFLECTED = 1000
 
 _AFFECTED_UNITS = """
 SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
@@ -400,6 +404,8 @@ class Usage:
             )
             delete.set("using", [exp.to_table("affected_units").as_("u")])
             storage.execute(delete)
+        # read once here: the refresh query would otherwise read backfills per reference
+        reflected = [row[0] for row in storage.rows(reflected_backfills())]
         customers = storage.rows(
             exp.select("customer_key").distinct().from_("affected_units").limit(_FEW_CUSTOMERS + 1)
         )
@@ -413,6 +419,7 @@ class Usage:
                     unit_customers=(
                         [key for (key,) in customers] if len(customers) <= _FEW_CUSTOMERS else None
                     ),
+                    reflected_ids=reflected if len(reflected) <= _FEW_REFLECTED else None,
                 ),
             )
         )

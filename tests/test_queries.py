@@ -71,6 +71,12 @@ CANONICAL: dict[str, Callable[[], exp.Expr]] = {
         units="affected_units",
         unit_customers=["ext:acme", "id:cus_1"],
     ),
+    "effective_events_in_units_with_reflected_listed": lambda: queries.effective_events(
+        timeframe_start=START,
+        timeframe_end=END,
+        units="affected_units",
+        reflected_ids=["bf_1", "bf_2"],
+    ),
     "supersessions_of_a_close": lambda: queries.supersession_rows(
         newer=exp.select("idempotency_key").from_("staged"),
         by_version=7,
