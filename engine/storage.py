@@ -374,7 +374,7 @@ class Storage:
                 raise
             self._connection.execute("COMMIT")
 
-    def snapshot_id(self) -> int:
+    def snapshot_id(self, *, exact: bool = False) -> int:
         """The latest committed DuckLake snapshot.
 
         Caches of derived data check it on every read, so it must cost microseconds: while the
@@ -382,14 +382,19 @@ class Storage:
         that check is under a second old, the last answer stands; otherwise it is read through
         DuckDB's own attachment of the catalog. (Never through Python's ``sqlite3``: see
         :func:`_use_write_ahead_log`.) The second bounds staleness should a commit leave both
-        files' size and modification time as they were.
+        files' size and modification time as they were. ``exact`` always reads it (under the
+        write lock, where a decision must not rest on a stale answer).
         """
         token = (
             _file_token(self._catalog_path),
             _file_token(self._catalog_path.with_name(self._catalog_path.name + "-wal")),
         )
         now = time.monotonic()
-        if token == self._seen_token and now - self._seen_at < _SNAPSHOT_TRUST_SECONDS:
+        if (
+            not exact
+            and token == self._seen_token
+            and now - self._seen_at < _SNAPSHOT_TRUST_SECONDS
+        ):
             return self._seen_snapshot
         with self._mutex:
             rows = self._connection.execute(_LATEST_SNAPSHOT).fetchall()
