@@ -40,7 +40,7 @@ from engine.queries import (
     supersession_rows,
     table_ref,
 )
-from engine.schema import DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS, SUPERSESSIONS
+from engine.schema import BACKFILLS, DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS, SUPERSESSIONS
 from engine.storage import Storage
 from engine.usage import Usage
 
@@ -391,17 +391,17 @@ class AmendmentIngestor(Ingestor):
 
 
 class _FilteredBackfills:
-    """The reflected filtered replace backfills, read once per committed snapshot: a DuckLake
-    read of ``backfills`` costs about 30 ms of catalog work per live commit, even when it
-    finds nothing. Use inside ``storage.write()`` (no other commit can land meanwhile) before
-    the transaction changes ``backfills`` (live ingest and amendments never do)."""
+    """The reflected filtered replace backfills, read again only when ``backfills`` changed: a
+    DuckLake read of it costs about 30 ms of catalog work per live commit, even when it finds
+    nothing. Use inside ``storage.write()`` (no other commit can land meanwhile) before the
+    transaction changes ``backfills`` (live ingest and amendments never do)."""
 
     def __init__(self) -> None:
-        self._read_at: int | None = None
+        self._read_at: int | None = None  # the change of backfills they were read after
         self._rows: list[tuple[Any, ...]] = []
 
     def rows(self, storage: Storage) -> list[tuple[Any, ...]]:
-        snapshot = storage.snapshot_id(exact=True)
+        snapshot = storage.changed_at(BACKFILLS)
         if snapshot != self._read_at:
             self._rows = storage.rows(bind(_FILTERED_BACKFILLS))
             self._read_at = snapshot

@@ -374,7 +374,7 @@ class Storage:
                 raise
             self._connection.execute("COMMIT")
 
-    def snapshot_id(self, *, exact: bool = False) -> int:
+    def snapshot_id(self) -> int:
         """The latest committed DuckLake snapshot.
 
         Caches of derived data check it on every read, so it must cost microseconds: while the
@@ -382,19 +382,14 @@ class Storage:
         that check is under a second old, the last answer stands; otherwise it is read through
         DuckDB's own attachment of the catalog. (Never through Python's ``sqlite3``: see
         :func:`_use_write_ahead_log`.) The second bounds staleness should a commit leave both
-        files' size and modification time as they were. ``exact`` always reads it (under the
-        write lock, where a decision must not rest on a stale answer).
+        files' size and modification time as they were.
         """
         token = (
             _file_token(self._catalog_path),
             _file_token(self._catalog_path.with_name(self._catalog_path.name + "-wal")),
         )
         now = time.monotonic()
-        if (
-            not exact
-            and token == self._seen_token
-            and now - self._seen_at < _SNAPSHOT_TRUST_SECONDS
-        ):
+        if token == self._seen_token and now - self._seen_at < _SNAPSHOT_TRUST_SECONDS:
             return self._seen_snapshot
         with self._mutex:
             rows = self._connection.execute(_LATEST_SNAPSHOT).fetchall()
@@ -402,6 +397,41 @@ class Storage:
         # the token was taken before the read: a commit in between changes it for next time
         self._seen_token, self._seen_at, self._seen_snapshot = token, now, snapshot
         return snapshot
+
+    def changed_at(self, table: Table) -> int:
+        """The latest snapshot that changed ``table`` (its rows or its definition), from
+        DuckLake's own change log: a few milliseconds, where a read of a small lake table costs
+        tens (the catalog work of a DuckLake scan). -1 when no snapshot names the table."""
+        metadata = f"__ducklake_metadata_{CATALOG}"
+        table_id = exp.cast(exp.column("table_id", table="t"), "VARCHAR")
+        changes = exp.column("changes_made", table="c")
+        # entries read "<kind>:<table id>", comma-separated
+        names_it = exp.or_(
+            exp.Like(
+                this=changes,
+                expression=exp.DPipe(
+                    this=exp.Literal.string("%:"),
+                    expression=exp.DPipe(this=table_id, expression=exp.Literal.string(",%")),
+                ),
+            ),
+            exp.Like(
+                this=changes,
+                expression=exp.DPipe(this=exp.Literal.string("%:"), expression=table_id),
+            ),
+        )
+        query = (
+            exp.select(exp.func("max", exp.column("snapshot_id", table="c")))
+            .from_(exp.table_("ducklake_snapshot_changes", db=metadata).as_("c"))
+            .join(
+                exp.table_("ducklake_table", db=metadata).as_("t"),
+                on=exp.and_(
+                    exp.column("table_name", table="t").eq(exp.Literal.string(table.name)),
+                    names_it,
+                ),
+            )
+        )
+        row = self.one(query)
+        return int(row[0]) if row and row[0] is not None else -1
 
     def close(self) -> None:
         with self._mutex:

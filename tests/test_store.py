@@ -23,6 +23,7 @@ from engine.errors import (
     ResourceConflict,
     ResourceNotFound,
 )
+from engine.schema import BACKFILLS, STORED_EVENTS
 
 ORB = "https://docs.withorb.com/reference/error-responses#"
 
@@ -99,6 +100,22 @@ def test_a_new_store_writes_zstd_parquet(store_path: Path, clock: FakeClock) -> 
             row_group = metadata.row_group(group)
             codecs |= {row_group.column(i).compression for i in range(metadata.num_columns)}
     assert codecs == {"ZSTD"}
+
+
+def test_changed_at_names_the_last_commit_that_changed_a_table(store: engine.Store) -> None:
+    """Caches of small lake tables (the filtered backfills of late deprecations) rest on it."""
+    storage = store._storage
+    first = storage.changed_at(BACKFILLS)
+    store.ingest([event("k1", NOW - HOUR)])
+    assert storage.changed_at(BACKFILLS) == first  # a live commit leaves backfills alone
+    assert storage.changed_at(STORED_EVENTS) > first
+    backfill = store.backfills.create(
+        timeframe_start=OLD, timeframe_end=OLD + DAY, replace_existing_events=False
+    )
+    created = storage.changed_at(BACKFILLS)
+    assert created > first
+    store.backfills.revert(backfill.id)
+    assert storage.changed_at(BACKFILLS) > created
 
 
 def test_a_failed_open_releases_its_files(store_path: Path, clock: FakeClock) -> None:
