@@ -71,6 +71,16 @@ _LATEST_SNAPSHOT = render(
     )
 )
 
+# Instants are stored as UTC; casts from zoned text must convert to UTC too. A session
+# setting, so every cursor runs it.
+_UTC_SESSION = render(
+    exp.Set(
+        expressions=[
+            exp.SetItem(this=exp.EQ(this=exp.var("TimeZone"), expression=exp.Literal.string("UTC")))
+        ]
+    )
+)
+
 #: Longest a snapshot check may trust an unchanged catalog file (see Storage.snapshot_id).
 _SNAPSHOT_TRUST_SECONDS = 1.0
 
@@ -174,6 +184,7 @@ class Storage:
         self._mutex = threading.RLock()
         self._lock_file = open(path / "write.lock", "a+")  # noqa: SIM115 - held for the store's life
         self._write_depth = 0
+        self._reading = False
         self._catalog_path = path / "catalog.sqlite"
         self._catalog_key = self._catalog_path.resolve()
         self._attached = False
@@ -204,20 +215,7 @@ class Storage:
                     )
                 )
             )
-        # Instants are stored as UTC; casts from zoned text must convert to UTC too.
-        self._connection.execute(
-            render(
-                exp.Set(
-                    expressions=[
-                        exp.SetItem(
-                            this=exp.EQ(
-                                this=exp.var("TimeZone"), expression=exp.Literal.string("UTC")
-                            )
-                        )
-                    ]
-                )
-            )
-        )
+        self._connection.execute(_UTC_SESSION)
         attach = exp.Attach(
             this=exp.alias_(
                 exp.Literal.string(f"ducklake:sqlite:{path / 'catalog.sqlite'}"), CATALOG
@@ -283,9 +281,22 @@ class Storage:
             }
 
     def relation(self, sql: str) -> Relation:
-        """A lazy DuckDB relation for exploration SQL that the caller has already checked."""
+        """A lazy DuckDB relation for exploration SQL that the caller has already checked.
+
+        Inside :meth:`read` or :meth:`write` it runs on the store's connection, in that block's
+        transaction (one snapshot for every query of the block), and must be fetched before the
+        block ends. Otherwise it runs on a cursor of its own (a second connection to the same
+        database, which sees the store's views but not its temporary tables), so whichever
+        thread fetches it never shares a connection with the store's own statements: on the
+        store's connection, a fetch in one thread while another wrote hung both.
+        """
         with self._mutex:
-            return self._connection.sql(sql)
+            # The mutex is held for a whole block, so an open block is this thread's.
+            if self._write_depth or self._reading:
+                return self._connection.sql(sql)
+            cursor = self._connection.cursor()
+        cursor.execute(_UTC_SESSION)
+        return cursor.sql(sql)
 
     # -- temporary inputs ---------------------------------------------------------------------
 
@@ -367,11 +378,14 @@ class Storage:
                 yield
                 return
             self._connection.execute("BEGIN TRANSACTION")
+            self._reading = True
             try:
                 yield
             except BaseException:
                 self._connection.execute("ROLLBACK")
                 raise
+            finally:
+                self._reading = False
             self._connection.execute("COMMIT")
 
     def snapshot_id(self) -> int:

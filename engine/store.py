@@ -185,6 +185,7 @@ class Store:
         self.close()
 
     def _create_views(self) -> None:
+        # Not temporary: store.sql() reads them from a cursor of its own (see Storage.relation).
         views = {
             "events": effective_events(),
             "all_events": all_events(),
@@ -193,13 +194,7 @@ class Store:
         }
         for name, query in views.items():
             self._storage.execute(
-                exp.Create(
-                    this=exp.to_table(name),
-                    kind="VIEW",
-                    expression=query,
-                    replace=True,
-                    properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
-                )
+                exp.Create(this=exp.to_table(name), kind="VIEW", expression=query, replace=True)
             )
 
 

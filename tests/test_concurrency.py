@@ -318,3 +318,41 @@ def test_a_long_read_elsewhere_does_not_wedge_a_writer(
         writer.ingest([event("k3", NOW)])
     with engine.open(store_path, clock=clock) as other:
         assert "k3" in [row[0] for row in effective(other)]
+
+
+def test_store_sql_relations_fetched_in_other_threads_never_wait_on_writes(
+    store_path: Path,
+) -> None:
+    """store.sql() hands out lazy relations; fetching them in other threads while the store
+    writes once hung both (they shared the store's connection, and the hang held the GIL).
+    ``procs/sql_threads.py`` runs three reader threads against a writer thread; it runs in a
+    subprocess so that a hang fails this test after a timeout instead of stalling the suite."""
+    done = subprocess.run(
+        proc_command("sql_threads.py", str(store_path)),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "ok", done.stdout
+
+
+def test_store_sql_inside_a_read_block_sees_that_block_s_snapshot(
+    store_path: Path, clock: FakeClock
+) -> None:
+    """Readers that compare several queries (the soak's reader) run them in one read block:
+    there store.sql() must run in the block's transaction, not on a cursor of its own that
+    would see each commit landing meanwhile."""
+    with (
+        engine.open(store_path, clock=clock) as reader,
+        engine.open(store_path, clock=clock) as writer,
+    ):
+        reader.ingest([event("k1", NOW)])
+        with reader._storage.read():
+            before = reader.sql("SELECT count(*) FROM events").fetchall()
+            writer.ingest([event("k2", NOW)])
+            during = reader.sql("SELECT count(*) FROM all_events").fetchall()
+        after = reader.sql("SELECT count(*) FROM events").fetchall()
+    assert (before, during, after) == ([(1,)], [(1,)], [(2,)])
