@@ -10,7 +10,7 @@ from sqlglot import exp
 
 from engine.errors import ConstraintViolation
 from engine.keys import KeyIndex
-from engine.queries import table_ref
+from engine.queries import newest_version, table_ref
 from engine.schema import COMMITS
 from engine.storage import Storage
 
@@ -78,11 +78,7 @@ class Context:
 
     def next_version(self) -> int:
         """The version of the commit being written; call inside ``storage.write()``."""
-        row = self.storage.one(
-            exp.select(
-                exp.func("coalesce", exp.func("max", exp.column("version")), exp.convert(0))
-            ).from_(table_ref(COMMITS))
-        )
+        row = self.storage.one(newest_version())
         assert row is not None
         return int(row[0]) + 1
 

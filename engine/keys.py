@@ -27,8 +27,8 @@ import numpy.typing as npt
 import pyarrow as pa
 from sqlglot import exp
 
-from engine.queries import table_ref
-from engine.schema import COMMITS, STORED_EVENTS
+from engine.queries import newest_version, table_ref
+from engine.schema import STORED_EVENTS
 from engine.storage import Storage
 
 __all__ = ["KeyIndex"]
@@ -102,11 +102,7 @@ class KeyIndex:
     def _catch_up(self) -> None:
         """Add the rows of every commit after the last one seen, up to the newest committed in
         the caller's transaction (its own commit is recorded last, so never included)."""
-        committed = self._storage.one(
-            exp.select(
-                exp.func("coalesce", exp.func("max", exp.column("version")), exp.convert(0))
-            ).from_(table_ref(COMMITS))
-        )
+        committed = self._storage.one(newest_version())
         assert committed is not None
         newest = int(committed[0])
         if newest < self._seen_version:

@@ -16,7 +16,7 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from engine.schema import CATALOG, Table
+from engine.schema import CATALOG, COMMITS, Table
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -46,6 +46,7 @@ __all__ = [
     "with_reflected",
     "first_copies",
     "normalized_input",
+    "newest_version",
     "table_ref",
     "template",
 ]
@@ -121,6 +122,14 @@ def table_ref(table: Table | str, alias: str | None = None) -> exp.Table:
     name = table if isinstance(table, str) else table.name
     ref = exp.table_(name, db="main", catalog=CATALOG)
     return ref.as_(alias) if alias else ref  # type: ignore[return-value]
+
+
+def newest_version() -> exp.Select:
+    """The newest committed version (0 for an empty store), as the caller's transaction sees
+    it."""
+    return exp.select(
+        exp.func("coalesce", exp.func("max", exp.column("version")), exp.convert(0))
+    ).from_(table_ref(COMMITS))
 
 
 # -- effective events --------------------------------------------------------------------------

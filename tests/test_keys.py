@@ -32,8 +32,11 @@ def _event(key: str, at: datetime, customer: str = "acme") -> dict[str, object]:
 
 
 def _keys(*keys: str) -> exp.Expr:
-    values = ", ".join(f"('{key}')" for key in keys)
-    return bind(f"SELECT k.idempotency_key FROM (VALUES {values}) AS k(idempotency_key)")
+    return exp.select("idempotency_key").from_(
+        exp.Unnest(expressions=[exp.Array(expressions=[exp.convert(k) for k in keys])]).as_(
+            "k", table=["idempotency_key"]
+        )
+    )
 
 
 def _condition(store: engine.Store, *keys: str) -> exp.Expr:
