@@ -427,6 +427,9 @@ class Usage:
 
     def _insert_cells(self, metrics: list[_Registered], source: str) -> None:
         storage = self._context.storage
+        # One INSERT per metric on purpose. One for all metrics (fewer, larger files) led DuckLake
+        # to rewrite delete files into partial ones, and a reader in another process that read
+        # during such a rewrite missed those deletes (RELIABILITY.md, "DuckLake partial deletes").
         for metric in metrics:
             storage.execute(insert_rows(USAGE_CELLS, _cells(metric, source), _CELL_COLUMNS))
             if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT:
