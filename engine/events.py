@@ -207,8 +207,8 @@ class Events:
 
     def _latest(self, keys: list[str]) -> list[dict[str, Any]]:
         storage = self._context.storage
-        # one snapshot for the key index's lookup and the query it narrows
-        with storage.read():
+
+        def read() -> list[dict[str, Any]]:
             selected = _keys(keys)
             latest = latest_rows(
                 keys=selected,
@@ -216,7 +216,10 @@ class Events:
             )
             query = with_reflected(bind(_LATEST_WITH_STATE, ctes={"latest": latest}))
             rows: list[dict[str, Any]] = storage.arrow(query).to_pylist()
-        return rows
+            return rows
+
+        # one snapshot for the key index's lookup and the query it narrows
+        return storage.consistent_read(read)
 
     def _current(self, event_id: str, *, action: str) -> dict[str, Any]:
         rows = self._latest([event_id])

@@ -22,10 +22,10 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import duckdb_extension_ducklake
@@ -80,6 +80,17 @@ _UTC_SESSION = render(
         ]
     )
 )
+
+_T = TypeVar("_T")
+
+
+def _threads(value: exp.Expr) -> str:
+    return render(
+        exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var("threads"), expression=value))])
+    )
+
+
+_CURRENT_THREADS = render(exp.select(exp.func("current_setting", exp.Literal.string("threads"))))
 
 #: Longest a snapshot check may trust an unchanged catalog file (see Storage.snapshot_id).
 _SNAPSHOT_TRUST_SECONDS = 1.0
@@ -251,20 +262,32 @@ class Storage:
     def rows(
         self, tree: exp.Expr, parameters: Sequence[Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        with self._mutex:
-            return self._connection.execute(render(tree), parameters).fetchall()
+        sql = render(tree)
+        return self._query(lambda: self._connection.execute(sql, parameters).fetchall())
 
     def one(self, tree: exp.Expr) -> tuple[Any, ...] | None:
-        with self._mutex:
-            return self._connection.execute(render(tree)).fetchone()
+        sql = render(tree)
+        return self._query(lambda: self._connection.execute(sql).fetchone())
 
     def arrow(
         self, tree: exp.Expr | Prepared, parameters: Mapping[str, Any] | None = None
     ) -> pa.Table:
         """Run a query and return Arrow; ``$name`` placeholders take ``parameters``."""
         sql = tree.sql if isinstance(tree, Prepared) else render(tree)
+        return self._query(lambda: self._connection.execute(sql, parameters).to_arrow_table())
+
+    def _query(self, run: Callable[[], _T]) -> _T:
+        """One query; outside a block it is a read of its own, so guard it like
+        :meth:`consistent_read` does a block."""
         with self._mutex:
-            return self._connection.execute(sql, parameters).to_arrow_table()
+            if self._write_depth or self._reading:
+                return run()
+            token = self._catalog_token()
+            result = run()
+            if self._catalog_token() == token:
+                return result
+            with self._single_threaded():
+                return run()
 
     @staticmethod
     def prepare(tree: exp.Expr) -> Prepared:
@@ -372,7 +395,8 @@ class Storage:
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
         """Several queries against one snapshot. Temporary tables made inside are kept (the
-        transaction commits, which for DuckLake writes nothing)."""
+        transaction commits, which for DuckLake writes nothing). Unguarded against a DuckLake
+        bug that concurrent commits can trigger: prefer :meth:`consistent_read`."""
         with self._mutex:
             if self._write_depth:
                 yield
@@ -388,6 +412,48 @@ class Storage:
                 self._reading = False
             self._connection.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def _single_threaded(self) -> Iterator[None]:
+        with self._mutex:
+            row = self._connection.execute(_CURRENT_THREADS).fetchone()
+            assert row is not None
+            self._connection.execute(_threads(exp.convert(1)))
+            try:
+                yield
+            finally:
+                self._connection.execute(_threads(exp.convert(int(row[0]))))
+
+    def consistent_read(self, read: Callable[[], _T]) -> _T:
+        """Run ``read`` (queries and temporary tables only) in one read transaction, like
+        :meth:`read`, and return what it returns.
+
+        DuckLake 1.5.5 can answer a read transaction wrongly when another process commits
+        during it and that commit rewrites delete files of data files the read scans (merging
+        them into "partial" delete files): on more than one DuckDB thread the scan applies the
+        wrong deletes, missing its own snapshot's or taking the later commit's
+        (RELIABILITY.md, "DuckLake partial deletes"). So when the catalog files changed while
+        ``read`` ran, it runs again on one thread, which reads correctly. Inside
+        :meth:`write` no other process can commit (they wait on the lock file), and inside
+        :meth:`read` the caller's block is the read; there ``read`` runs once, as it is.
+        """
+        with self._mutex:
+            if self._write_depth or self._reading:
+                return read()
+            token = self._catalog_token()
+            with self.read():
+                result = read()
+            if self._catalog_token() == token:
+                return result
+            with self._single_threaded(), self.read():
+                return read()
+
+    def _catalog_token(self) -> tuple[object, object]:
+        """Changes whenever a commit lands: the catalog's file and its write-ahead log."""
+        return (
+            _file_token(self._catalog_path),
+            _file_token(self._catalog_path.with_name(self._catalog_path.name + "-wal")),
+        )
+
     def snapshot_id(self) -> int:
         """The latest committed DuckLake snapshot.
 
@@ -398,10 +464,7 @@ class Storage:
         :func:`_use_write_ahead_log`.) The second bounds staleness should a commit leave both
         files' size and modification time as they were.
         """
-        token = (
-            _file_token(self._catalog_path),
-            _file_token(self._catalog_path.with_name(self._catalog_path.name + "-wal")),
-        )
+        token = self._catalog_token()
         now = time.monotonic()
         if token == self._seen_token and now - self._seen_at < _SNAPSHOT_TRUST_SECONDS:
             return self._seen_snapshot

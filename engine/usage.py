@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import polars as pl
+import pyarrow as pa
 from sqlglot import exp
 
 from engine.context import Context, as_utc, from_storage
@@ -286,11 +287,14 @@ class Usage:
         snapshot = storage.snapshot_id()
         if snapshot == self._cached_snapshot:
             return
-        with storage.read():
+
+        def read() -> list[_Registered]:
             storage.execute(
                 create_temp_table("cached_customers", exp.select("*").from_(table_ref(CUSTOMERS)))
             )
-            metrics = self._registered()
+            return self._registered()
+
+        metrics = storage.consistent_read(read)
         self._cached_metrics = {m.metric.id: m for m in metrics}
         self._resolved_cells = {}
         self._cached_snapshot = snapshot
@@ -506,7 +510,8 @@ class Usage:
                     external_customer_id=external_customer_id,
                 ),
             )
-        with storage.read():
+
+        def read() -> pa.Table:
             version = self._as_of_version(as_of) if as_of is not None else None
             cells, distinct = self._cells_from_events(
                 metric, start, end, customer_id, external_customer_id, version
@@ -532,10 +537,12 @@ class Usage:
                     )
                 )
                 self._prepared[shape] = prepared
-            table = storage.arrow(
+            return storage.arrow(
                 prepared,
                 _usage_parameters(metric, start, end, customer_id, external_customer_id),
             )
+
+        table = storage.consistent_read(read)
         frame = _frame(table).with_columns(
             pl.col("timeframe_start").dt.replace_time_zone("UTC"),
             pl.col("timeframe_end").dt.replace_time_zone("UTC"),
@@ -650,8 +657,9 @@ class Usage:
         """Every cell where the materialized usage differs from a from-scratch computation."""
         metrics = self._registered()
         storage = self._context.storage
-        mismatches: list[dict[str, Any]] = []
-        with storage.read():
+
+        def read() -> list[dict[str, Any]]:
+            mismatches: list[dict[str, Any]] = []
             storage.execute(create_temp_table("verify_events", effective_events()))
             for metric in metrics:
                 storage.execute(
@@ -684,7 +692,9 @@ class Usage:
                         )
                     ).to_pylist()
                 mismatches += [{"metric_id": metric.metric.id, **row} for row in rows]
-        return mismatches
+            return mismatches
+
+        return storage.consistent_read(read)
 
     def volume(
         self, *, timeframe_start: datetime | str, timeframe_end: datetime | str | None

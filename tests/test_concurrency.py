@@ -33,10 +33,13 @@ from procs.common import (
     proc_command,
     subprocess_env,
 )
+from sqlglot import exp
 
 import engine
 from engine.errors import ResourceConflict
 from engine.models import Backfill, BackfillStatus
+from engine.queries import bind
+from engine.storage import Storage
 
 pytestmark = pytest.mark.slow
 
@@ -356,3 +359,117 @@ def test_store_sql_inside_a_read_block_sees_that_block_s_snapshot(
             during = reader.sql("SELECT count(*) FROM all_events").fetchall()
         after = reader.sql("SELECT count(*) FROM events").fetchall()
     assert (before, during, after) == ([(1,)], [(1,)], [(2,)])
+
+
+def test_a_read_overlapped_by_a_commit_elsewhere_runs_again_on_one_thread(
+    store_path: Path, clock: FakeClock
+) -> None:
+    """DuckLake 1.5.5 can miss deletes in a multi-threaded read transaction that another
+    process's commit overlapped (RELIABILITY.md, "DuckLake partial deletes"), so
+    ``Storage.consistent_read`` runs such a read again on one thread; a read that no commit
+    overlapped runs once, on every thread."""
+    threads = bind("SELECT CAST(current_setting('threads') AS BIGINT)")
+    stored = bind("SELECT count(*) FROM lake.main.stored_events")
+    with (
+        engine.open(store_path, clock=clock) as reader,
+        engine.open(store_path, clock=clock) as writer,
+    ):
+        reader.ingest([event("k1", NOW)])
+        storage = reader._storage
+        calls: list[tuple[int, int]] = []
+
+        def overlapped() -> int:
+            calls.append((_first(storage, threads), _first(storage, stored)))
+            if len(calls) == 1:
+                writer.ingest([event("k2", NOW)])
+            return calls[-1][1]
+
+        assert storage.consistent_read(overlapped) == 2
+        every_thread = calls[0][0]
+        assert calls == [(every_thread, 1), (1, 2)]
+
+        calls.clear()
+        alone = storage.consistent_read(
+            lambda: calls.append((_first(storage, threads), _first(storage, stored)))
+        )
+        assert alone is None and calls == [(every_thread, 2)]
+
+
+def _first(storage: Storage, query: exp.Expr) -> int:
+    row = storage.one(query)
+    assert row is not None
+    return int(row[0])
+
+
+_CELLS_OF = (
+    "INSERT INTO lake.main.usage_cells (metric_id, customer_key, events) "
+    "SELECT 'm', 'k' || i, 1 FROM range(:first, :last) AS t(i)"
+)
+_DROP_CELLS = (
+    "DELETE FROM lake.main.usage_cells "
+    "WHERE customer_key IN (SELECT 'k' || i FROM range(:first, :last) AS t(i))"
+)
+
+
+class _DeleteFileRewriter:
+    """Commits that keep 400 rows of ``usage_cells`` while deleting from files that already
+    have delete files: each deletes 15 rows of the first file and 15 of the previous commit's
+    file, and adds as many rows as it deleted (writing 45, then deleting the surplus)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.steps = 0
+        self.previous: int | None = None
+        with storage.write():
+            storage.execute(bind(_CELLS_OF, first=0, last=400))
+
+    def commit(self) -> None:
+        storage, step = self.storage, self.steps
+        first = 1_000_000 + 45 * step
+        with storage.write():
+            storage.execute(bind(_DROP_CELLS, first=15 * step, last=15 * step + 15))
+            if self.previous is not None:
+                storage.execute(bind(_DROP_CELLS, first=self.previous, last=self.previous + 15))
+            storage.execute(bind(_CELLS_OF, first=first, last=first + 45))
+            kept = 30 if self.previous is not None else 15
+            storage.execute(bind(_DROP_CELLS, first=first + kept, last=first + 45))
+        self.previous, self.steps = first, step + 1
+
+
+class _ReadAcrossCommit:
+    """Counts ``usage_cells`` twice in one read; the first run lets a commit land between."""
+
+    def __init__(self, storage: Storage, writer: _DeleteFileRewriter) -> None:
+        self.storage, self.writer = storage, writer
+        self.seen: list[int] = []
+
+    def __call__(self) -> None:
+        count = bind("SELECT count(*) FROM lake.main.usage_cells")
+        self.seen.append(_first(self.storage, count))
+        if len(self.seen) == 1:
+            self.writer.commit()
+        self.seen.append(_first(self.storage, count))
+
+
+def test_reads_overlapped_by_commits_that_rewrite_delete_files_see_no_deleted_rows(
+    tmp_path: Path,
+) -> None:
+    """The DuckLake bug itself (RELIABILITY.md, "DuckLake partial deletes"): a commit landing
+    inside a read rewrites the delete files the read scans. Without the guard, the second
+    count of every trial was 370: the read applied the deletes of the commit that landed
+    (from the rewritten files) but not its inserts."""
+    wrong = []
+    for trial in range(8):
+        path = tmp_path / str(trial)
+        path.mkdir()
+        writer, reader = Storage(path), Storage(path)
+        rewriter = _DeleteFileRewriter(writer)
+        for _ in range(12):
+            rewriter.commit()
+        read = _ReadAcrossCommit(reader, rewriter)
+        reader.consistent_read(read)
+        if read.seen[-2:] != [400, 400]:
+            wrong.append((trial, read.seen))
+        writer.close()
+        reader.close()
+    assert wrong == []

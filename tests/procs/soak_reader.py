@@ -103,7 +103,9 @@ class Reader:
         )
         bucket_in_region = in_region.replace("timestamp", "bucket")
         metric_names = {metric_id: name for name, metric_id in self.metric_ids.items()}
-        with store._storage.read():
+
+        # one snapshot for every query (see Storage.consistent_read for why not read())
+        def read() -> tuple[Any, ...]:
             version = self.version()
             effective_rows = store.sql(
                 f"SELECT external_customer_id, date_trunc('hour', timestamp), count(*), "
@@ -123,6 +125,11 @@ class Reader:
             live_row = store.sql(
                 "SELECT count(*) FROM events WHERE external_customer_id LIKE 'live-%'"
             ).fetchone()
+            return version, effective_rows, cell_rows, effective_total, cell_totals, live_row
+
+        version, effective_rows, cell_rows, effective_total, cell_totals, live_row = (
+            store._storage.consistent_read(read)
+        )
         assert effective_total is not None and live_row is not None
         effective: Cells = {
             cell_key(customer, hour.replace(tzinfo=UTC)): [int(n), int(tokens), int(tokens_a)]
