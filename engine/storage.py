@@ -71,24 +71,19 @@ _LATEST_SNAPSHOT = render(
     )
 )
 
-# Instants are stored as UTC; casts from zoned text must convert to UTC too. A session
-# setting, so every cursor runs it.
-_UTC_SESSION = render(
-    exp.Set(
-        expressions=[
-            exp.SetItem(this=exp.EQ(this=exp.var("TimeZone"), expression=exp.Literal.string("UTC")))
-        ]
-    )
-)
-
 _T = TypeVar("_T")
 
 
-def _threads(value: exp.Expr) -> str:
+def _set(setting: str, value: exp.Expr) -> str:
+    """``SET setting = value``."""
     return render(
-        exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var("threads"), expression=value))])
+        exp.Set(expressions=[exp.SetItem(this=exp.EQ(this=exp.var(setting), expression=value))])
     )
 
+
+# Instants are stored as UTC; casts from zoned text must convert to UTC too. A session
+# setting, so every cursor runs it.
+_UTC_SESSION = _set("TimeZone", exp.Literal.string("UTC"))
 
 _CURRENT_THREADS = render(exp.select(exp.func("current_setting", exp.Literal.string("threads"))))
 
@@ -417,11 +412,11 @@ class Storage:
         with self._mutex:
             row = self._connection.execute(_CURRENT_THREADS).fetchone()
             assert row is not None
-            self._connection.execute(_threads(exp.convert(1)))
+            self._connection.execute(_set("threads", exp.convert(1)))
             try:
                 yield
             finally:
-                self._connection.execute(_threads(exp.convert(int(row[0]))))
+                self._connection.execute(_set("threads", exp.convert(int(row[0]))))
 
     def consistent_read(self, read: Callable[[], _T]) -> _T:
         """Run ``read`` (queries and temporary tables only) in one read transaction, like
