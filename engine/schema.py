@@ -203,7 +203,7 @@ TABLES: tuple[Table, ...] = (
 )
 
 
-#: DuckLake options a new store is created with (``CALL lake.set_option(name, value)``).
+#: DuckLake options a new store is created with (``ducklake_set_option('lake', name, value)``).
 #: zstd instead of DuckLake's default snappy: 21.1 instead of 35.6 bytes per stored event on
 #: the sample generator's events (2M events), at about the same ingest speed and read speed.
 OPTIONS: tuple[tuple[str, str], ...] = (("parquet_compression", "zstd"),)

@@ -156,10 +156,12 @@ def _table_ddl(table: Table) -> exp.Create:
     return exp.Create(this=schema, kind="TABLE", exists=True)
 
 
-def _option_ddl(name: str, value: str) -> exp.Command:
-    # sqlglot parses CALL as a Command too; its arguments are rendered literals.
-    arguments = ", ".join(render(exp.Literal.string(text)) for text in (name, value))
-    return exp.Command(this="CALL", expression=f"{CATALOG}.set_option({arguments})")
+def _option_ddl(name: str, value: str) -> exp.Select:
+    """``SELECT * FROM ducklake_set_option('lake', name, value)``: the table-function form of
+    ``CALL lake.set_option(...)``, which sqlglot can only carry as opaque text."""
+    arguments = [exp.Literal.string(text) for text in (CATALOG, name, value)]
+    call = exp.Anonymous(this="ducklake_set_option", expressions=arguments)
+    return exp.select(exp.Star()).from_(exp.Table(this=call))
 
 
 def _partition_ddl(table: Table) -> exp.Command:

@@ -1,6 +1,6 @@
 -- Tables of a store (rendered from engine/schema.py; do not edit by hand).
 
-CALL lake.set_option('parquet_compression', 'zstd');
+SELECT * FROM DUCKLAKE_SET_OPTION('lake', 'parquet_compression', 'zstd');
 
 CREATE TABLE IF NOT EXISTS lake.main.stored_events (
   idempotency_key TEXT,
