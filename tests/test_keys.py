@@ -131,18 +131,26 @@ def test_an_emptied_store_is_read_again(store: engine.Store) -> None:
     assert _condition(store, "j") != exp.false()
 
 
-def test_a_row_outside_the_representable_years_matches_every_day(store: engine.Store) -> None:
+@pytest.mark.parametrize(
+    ("year", "every_day"), [(1700, True), (1800, False), (2140, False), (2200, True), (20000, True)]
+)
+def test_a_row_outside_the_representable_years_matches_every_day(
+    store: engine.Store, year: int, every_day: bool
+) -> None:
     store.ingest([_event("k", NOW - timedelta(hours=1))])
     storage = store._storage
     with storage.write():
         storage.execute(
             bind(
-                "INSERT INTO lake.main.stored_events SELECT 'ancient', 'call', "
-                "TIMESTAMP '20000-01-01 00:00:00', NULL, 'acme', '{}', 2, NULL, 'event'"
+                "INSERT INTO lake.main.stored_events SELECT 'distant', 'call', "
+                "CAST(:at AS TIMESTAMP), NULL, 'acme', '{}', 2, NULL, 'event'",
+                at=f"{year}-06-01 00:00:00",
             )
         )
         storage.execute(bind("INSERT INTO lake.main.commits SELECT 2, 'ingest', NULL, now(), 1"))
-    assert _condition(store, "ancient") == exp.true()
+    condition = _condition(store, "distant")
+    assert (condition == exp.true()) is every_day
+    assert _rows_kept(store, condition, "distant") == (1, 1)
     assert _condition(store, "k") != exp.true()
 
 
