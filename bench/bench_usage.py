@@ -5,7 +5,11 @@ Not a test: it prints tables of figures and (with ``--out``) writes them as JSON
 ``bench/README.md`` for how to run it and the latest figures.
 
 For each store size (``--events``, or several with ``--sizes``) one run builds a store of
-generated events (``engine.sample``, loaded as live events with a 400-day grace period),
+generated events (``engine.sample``, loaded as live events with a 400-day grace period) whose
+history grows with the store at a fixed density (``--events-per-day``, 10M events over 30 days),
+so that a day, and one customer's week, hold the same events at every size, as when a store grows
+by living longer: the backfills below then do the same work at every N, and only the store
+around them grows (``--days`` fixes the history's length instead),
 creates five metrics from ``SAMPLE_METRICS`` (a sum, a count, a count(DISTINCT), a max and a
 GROUP BY), reopens it with the default grace period and measures, ``--repeat`` times each:
 
@@ -15,8 +19,8 @@ c1. close of a 1-day account-wide replace backfill of 100k events (N / 10 below 
     seconds;
 c2. close, then revert, of a 7-day one-customer replace backfill (the customer whose week
     holds about ``--scoped-events`` events, re-sent): compared across store sizes;
-u.  ``store.usage()`` of one customer over the whole history at day granularity, ~200 calls in
-    a warm process (the five metrics in turn): p50 and p99;
+u.  ``store.usage()`` of one customer over the last 30 days of history at day granularity, ~200
+    calls in a warm process (the five metrics in turn): p50 and p99;
 r.  full ``store.recompute()`` beside a hand-written DuckDB GROUP BY and a Polars
     ``scan_parquet().group_by()`` over the store's event Parquet files, in events/s.
 
@@ -40,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -69,6 +73,7 @@ METRIC_NAMES = (
 )
 DEPRECATION_FILTER = "model = 'gpt-4o'"
 HISTORY_GRACE = timedelta(days=400)
+USAGE_WINDOW_DAYS = 30
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -526,12 +531,19 @@ def usage_customer(params: Params) -> str:
     return sample_customers(params.customers)[min(9, params.customers - 1)]
 
 
+def usage_window(params: Params) -> tuple[datetime, datetime]:
+    """The last 30 days of history (all of it when shorter)."""
+    end = START + timedelta(days=params.days)
+    return max(START, end - timedelta(days=USAGE_WINDOW_DAYS)), end
+
+
 def customer_usage(store: engine.Store, params: Params, metric_id: str) -> pl.DataFrame:
-    """Usage of one customer over the whole history, by day."""
+    """Usage of one customer over the last 30 days of history, by day."""
+    start, end = usage_window(params)
     return store.usage(
         metric_id,
-        timeframe_start=START,
-        timeframe_end=START + timedelta(days=params.days),
+        timeframe_start=start,
+        timeframe_end=end,
         external_customer_id=usage_customer(params),
         granularity="day",
     )
@@ -585,7 +597,7 @@ def usage_latency(store: engine.Store, params: Params) -> dict[str, Any]:
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
     return {
         "customer": customer,
-        "window_days": params.days,
+        "window_days": (usage_window(params)[1] - usage_window(params)[0]).days,
         "calls_per_round": params.usage_calls,
         "first_call_seconds": first_wall,
         "first_call_cpu_seconds": first_cpu,
@@ -782,9 +794,13 @@ def profiles(store: engine.Store, params: Params, size: int, scratch: Path) -> d
 
 def run_size(params: Params, size: int, keep: bool) -> dict[str, Any]:
     path = params.workdir / f"store-{size}"
-    log(f"building the {size:,}-event store in {path}")
+    log(f"building the {size:,}-event store over {params.days} days in {path}")
     started = time.perf_counter()
-    result: dict[str, Any] = {"events": size, "build": build_store(path, params, size)}
+    result: dict[str, Any] = {
+        "events": size,
+        "days": params.days,
+        "build": build_store(path, params, size),
+    }
     result["build"]["wall_seconds"] = time.perf_counter() - started
     # Default grace period from here on: replace backfills must end 12 h before now.
     with engine.open(path, clock=params.clock) as store:
@@ -965,8 +981,9 @@ def size_rows(result: dict[str, Any]) -> list[list[str]]:
 
 def report(results: list[dict[str, Any]], params: Params) -> str:
     lines = [
-        f"{params.customers} customers, {params.days} days, {params.repeat} repeats, A/B "
-        "alternating; median [min-max] of wall time, median of process CPU time"
+        f"{params.customers} customers, {', '.join(str(r['days']) for r in results)} days of "
+        f"history, {params.repeat} repeats, A/B alternating; median [min-max] of wall time, "
+        "median of process CPU time"
     ]
     for result in results:
         lines += ["", *_table(size_rows(result))]
@@ -1012,7 +1029,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sizes", help="several store sizes, comma-separated (10000000,50000000); overrides N"
     )
     parser.add_argument("--customers", type=int, default=50)
-    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument(
+        "--days", type=int, help="days of history at every size (default: N / --events-per-day)"
+    )
+    parser.add_argument(
+        "--events-per-day",
+        type=int,
+        default=333_334,
+        help="history density when --days is not given (10M events over 30 days)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1_000_000, help="load batch size")
     parser.add_argument(
@@ -1030,7 +1055,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = (
         [int(s.replace("_", "")) for s in args.sizes.split(",")] if args.sizes else [args.events]
     )
-    if args.days < 2 * args.repeat + 7:
+    room: int = 2 * args.repeat + 7  # the 1-day backfills' days, then a week
+
+    def history_days(size: int) -> int:
+        if args.days is not None:
+            return int(args.days)
+        return max(-(-size // int(args.events_per_day)), room)
+
+    if args.days is not None and args.days < room:
         parser.error("--days must be at least 2 * --repeat + 7 (room for the backfills)")
     started = time.perf_counter()
     load_at_start = os.getloadavg()
@@ -1038,7 +1070,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with workdir(args.workdir, args.keep) as folder:
         params = Params(
             customers=args.customers,
-            days=args.days,
+            days=history_days(sizes[0]),
             repeat=args.repeat,
             batch=args.batch,
             backfill_events=args.backfill_events,
@@ -1048,7 +1080,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir=folder,
         )
         for size in sizes:
-            results.append(run_size(params, size, keep=args.keep or args.workdir is not None))
+            sized = replace(params, days=history_days(size))
+            results.append(run_size(sized, size, keep=args.keep or args.workdir is not None))
             log(f"N = {size:,} done in {results[-1]['wall_seconds']:.0f} s")
     text = report(results, params)
     print(text)
@@ -1059,7 +1092,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "params": {
             "sizes": sizes,
             "customers": args.customers,
-            "days": args.days,
+            "days": [history_days(size) for size in sizes],
+            "events_per_day": None if args.days is not None else args.events_per_day,
             "repeat": args.repeat,
             "batch": args.batch,
             "backfill_events": args.backfill_events,
