@@ -13,8 +13,8 @@ The index may hold more than the store (two keys may share a hash prefix) but ne
 before answering it reads the rows of every commit newer than the last it saw, in the caller's
 transaction and only up to the newest *committed* version, so a lookup inside a write sees
 every commit before it and never the write's own rows. Stored rows are never deleted, so
-entries never go stale. It is built on the second lookup of a process (about 2 s at 10M
-events: one scan of the keys and a sort; the first lookup scans instead, see
+entries never go stale. It is built on the second lookup of a process (1-1.3 s at 10M
+events, 4.5-6.3 s at 50M: one scan of the keys and a sort; the first lookup scans instead, see
 :meth:`KeyIndex.stored_rows`) and holds 8 bytes per stored row (80 MB at 10M).
 """
 
@@ -24,11 +24,9 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 from sqlglot import exp
 
-from engine.queries import newest_version, table_ref
-from engine.schema import STORED_EVENTS
+from engine.queries import bind, newest_version
 from engine.storage import Storage
 
 __all__ = ["KeyIndex"]
@@ -51,6 +49,17 @@ _PREFIX_MASK = ~_DAY_MASK
 _DAY_OFFSET = 1 << (_DAY_BITS - 1)
 #: The day field of a row outside the representable years: its key matches every day.
 _ANY_DAY = (1 << _DAY_BITS) - 1
+
+# The entries of the rows written after version :seen up to :newest, sorted. DuckDB computes and
+# sorts them (a parallel sort, on both cores): 4.3 s at 50M rows, where fetching hashes and
+# days and sorting in numpy took 9.5 s.
+_NEW_ENTRIES = """
+SELECT ((hash(idempotency_key) >> :day_bits) << :day_bits)
+       | CAST(CASE WHEN day >= 0 AND day < :any_day THEN day ELSE :any_day END AS UBIGINT) AS entry
+FROM (SELECT idempotency_key, CAST("timestamp" AS DATE) - DATE '1970-01-01' + :day_offset AS day
+      FROM lake.main.stored_events WHERE version > :seen AND version <= :newest)
+ORDER BY entry
+"""
 
 Entries = npt.NDArray[np.uint64]
 Days = npt.NDArray[np.int64]
@@ -75,7 +84,7 @@ class KeyIndex:
 
         The first lookup of a process answers TRUE (scan every key, as without the index) and
         builds nothing: a one-shot command that writes once would pay the whole build (about
-        2 s at 10M events) to save one scan (0.3-0.5 s). The second lookup builds it.
+        1 s at 10M events) to save one scan (0.3-0.5 s). The second lookup builds it.
         """
         if not self._asked:
             self._asked = True
@@ -112,21 +121,18 @@ class KeyIndex:
             self._runs, self._seen_version = [], 0
         if newest == self._seen_version:
             return
-        version = exp.column("version")
-        rows = self._storage.arrow(
-            exp.select(
-                exp.alias_(exp.func("hash", exp.column("idempotency_key")), "key_hash"),
-                exp.alias_(exp.cast(exp.column("timestamp", quoted=True), "DATE"), "day"),
+        entries = self._storage.arrow(
+            bind(
+                _NEW_ENTRIES,
+                day_bits=_DAY_BITS,
+                day_offset=_DAY_OFFSET,
+                any_day=_ANY_DAY,
+                seen=self._seen_version,
+                newest=newest,
             )
-            .from_(table_ref(STORED_EVENTS))
-            .where((version > exp.convert(self._seen_version)) & (version <= exp.convert(newest)))
-        )
-        if rows.num_rows:
-            hashes = rows.column("key_hash").to_numpy().astype(np.uint64, copy=False)
-            # date32 is days since 1970-01-01
-            days = rows.column("day").cast(pa.int32()).to_numpy().astype(np.int64) + _DAY_OFFSET
-            days[(days < 0) | (days >= _ANY_DAY)] = _ANY_DAY
-            self._add(np.sort((hashes & _PREFIX_MASK) | days.astype(np.uint64)))
+        ).column("entry")
+        if len(entries):
+            self._add(entries.to_numpy())
         self._seen_version = newest
 
     def _add(self, run: Entries) -> None:
