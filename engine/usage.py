@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 from sqlglot import exp
@@ -84,6 +86,26 @@ _FEW_REFLECTED = 1000
 _AFFECTED_UNITS = """
 SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
 """
+
+
+@dataclass(frozen=True)
+class _CustomerCells:
+    """One customer's in-memory cells of one metric, sorted by bucket, so that a timeframe is
+    two binary searches and a slice."""
+
+    cells: pl.DataFrame
+    buckets: npt.NDArray[np.datetime64]
+
+    @classmethod
+    def of(cls, cells: pl.DataFrame, column: str, customer: str) -> _CustomerCells:
+        mine = cells.filter(pl.col(column) == customer).sort("bucket")
+        return cls(mine, mine.get_column("bucket").to_numpy())
+
+    def select(self, start: datetime, end: datetime) -> pl.DataFrame:
+        low, high = np.searchsorted(
+            self.buckets, [np.datetime64(start, "us"), np.datetime64(end, "us")], side="left"
+        )
+        return self.cells.slice(int(low), int(high - low))
 
 
 @dataclass(frozen=True)
@@ -278,6 +300,8 @@ class Usage:
         self._cached_metrics: dict[str, _Registered] = {}
         # Per metric: its cells (or distinct values) with the customer named both ways.
         self._resolved_cells: dict[str, pl.DataFrame] = {}
+        # Per metric, customer id column and customer: that customer's cells, once read.
+        self._customer_cells: dict[tuple[str, str, str], _CustomerCells] = {}
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
 
     def _refresh_cache(self) -> None:
@@ -297,6 +321,7 @@ class Usage:
         metrics = storage.consistent_read(read)
         self._cached_metrics = {m.metric.id: m for m in metrics}
         self._resolved_cells = {}
+        self._customer_cells = {}
         self._cached_snapshot = snapshot
 
     def _cells_in_memory(self, metric: _Registered) -> pl.DataFrame:
@@ -312,6 +337,21 @@ class Usage:
             cells = _frame(self._context.storage.arrow(query))
             self._resolved_cells[metric_id] = cells
         return cells
+
+    def _customer_cells_in_memory(
+        self, metric: _Registered, column: str, name: str, start: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """The cells of one customer (``column`` is ``customer_id`` or ``external_customer_id``)
+        with buckets in ``[start, end)``. The customer's cells are found once per snapshot (a
+        pass over the metric's cells); a filter over every cell on each call grew with the
+        history (5 ms per call over 150 days at 50M events), and sorting all cells up front cost
+        the first call after a commit up to 250 ms more."""
+        key = (metric.metric.id, column, name)
+        found = self._customer_cells.get(key)
+        if found is None:
+            found = _CustomerCells.of(self._cells_in_memory(metric), column, name)
+            self._customer_cells[key] = found
+        return found.select(start, end)
 
     # -- the registry -------------------------------------------------------------------------
 
@@ -498,18 +538,20 @@ class Usage:
         storage = self._context.storage
         aligned = start == _floor_hour(start) and end == _floor_hour(end)
         if aligned and as_of is None:
-            return _named_group(
-                metric,
-                _usage_in_memory(
-                    metric,
-                    self._cells_in_memory(metric),
-                    start,
-                    end,
-                    granularity,
-                    customer_id=customer_id,
-                    external_customer_id=external_customer_id,
-                ),
-            )
+            if external_customer_id is not None:
+                cells = self._customer_cells_in_memory(
+                    metric, "external_customer_id", external_customer_id, start, end
+                )
+                if customer_id is not None:
+                    cells = cells.filter(pl.col("customer_id") == customer_id)
+            elif customer_id is not None:
+                cells = self._customer_cells_in_memory(
+                    metric, "customer_id", customer_id, start, end
+                )
+            else:
+                bucket = pl.col("bucket")
+                cells = self._cells_in_memory(metric).filter((bucket >= start) & (bucket < end))
+            return _named_group(metric, _usage_in_memory(metric, cells, start, end, granularity))
 
         def read() -> pa.Table:
             version = self._as_of_version(as_of) if as_of is not None else None
@@ -872,19 +914,12 @@ def _usage_in_memory(
     start: datetime,
     end: datetime,
     granularity: Granularity,
-    *,
-    customer_id: str | None,
-    external_customer_id: str | None,
 ) -> pl.DataFrame:
-    """:data:`_USAGE` computed by Polars over the in-memory cells of one metric, for an
-    hour-aligned timeframe: a DuckDB statement costs milliseconds to plan, this a fraction."""
+    """:data:`_USAGE` computed by Polars over in-memory cells of one metric already restricted
+    to the timeframe (hour-aligned) and customer: a DuckDB statement costs milliseconds to
+    plan, this a fraction. Eager, as the frames are small: a lazy plan's optimization cost
+    more than running it (0.8 against 0.4 ms for one customer's month)."""
     bucket = pl.col("bucket")
-    condition = (bucket >= start) & (bucket < end)
-    if customer_id is not None:
-        condition &= pl.col("customer_id") == customer_id
-    if external_customer_id is not None:
-        condition &= pl.col("external_customer_id") == external_customer_id
-    selected = cells.lazy().filter(condition)
     if granularity is None:
         windows = [pl.lit(start).alias("window_start"), pl.lit(end).alias("window_end")]
     else:
@@ -904,8 +939,8 @@ def _usage_in_memory(
         Aggregate.COUNT_DISTINCT: pl.col("value").n_unique(),
     }[aggregate]
     keys = ["customer_id", "external_customer_id", "window_start", "window_end", "group_value"]
-    frame = (
-        selected.with_columns(windows)
+    return (
+        cells.with_columns(windows)
         .group_by(keys)
         .agg(value.cast(pl.Float64).alias("value"))
         .select(
@@ -926,7 +961,6 @@ def _usage_in_memory(
         )
         .cast(_USAGE_SCHEMA)
     )
-    return frame.collect()
 
 
 def _usage_query(

@@ -15,10 +15,11 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import invariant
-from test_stateful import WIDE, EngineVsModel
+from test_stateful import DAY, START, WIDE, EngineVsModel, H
 
 import engine
 from engine.errors import EngineError
@@ -142,6 +143,35 @@ class UsageVsModel(EngineVsModel):
         assert self.actual("sum", "day", as_of=earlier) == pytest.approx(
             self.history_of_sums[earlier]
         ), f"as_of version {earlier}"
+
+    @invariant()
+    def one_customer_usage_is_that_customers_share(self) -> None:
+        """A one-customer read (a slice of cells located by customer and hour) equals the rows
+        of that customer in the all-customers read, over a window that cuts through history."""
+        start, end = START - 2 * DAY + 5 * H, START + DAY + 7 * H
+        for name in ("sum", "distinct", "grouped"):
+            for granularity in ("hour", None):
+                everyone = self.store.usage(
+                    self.metrics[name].id,
+                    timeframe_start=start,
+                    timeframe_end=end,
+                    granularity=granularity,  # type: ignore[arg-type]
+                )
+                for column in ("external_customer_id", "customer_id"):
+                    for who in {*everyone[column].drop_nulls().to_list(), "nobody"}:
+                        alone = self.store.usage(
+                            self.metrics[name].id,
+                            timeframe_start=start,
+                            timeframe_end=end,
+                            granularity=granularity,  # type: ignore[arg-type]
+                            **{column: who},
+                        )
+                        assert alone.equals(everyone.filter(pl.col(column) == who)), (
+                            name,
+                            granularity,
+                            column,
+                            who,
+                        )
 
     def close_backfill(self, backfill_id: str) -> None:
         try:
