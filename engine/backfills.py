@@ -22,9 +22,16 @@ from engine.errors import ConstraintViolation, ResourceConflict, ResourceNotFoun
 from engine.filters import parse_filter, translate_filter
 from engine.ingest import Ingestor
 from engine.models import Backfill, BackfillStatus, IngestResult, Page
-from engine.queries import bind, deprecation_rows, insert_rows, supersession_rows, table_ref
+from engine.queries import (
+    bind,
+    customer_keys_of,
+    deprecation_rows,
+    insert_rows,
+    supersession_rows,
+    table_ref,
+)
 from engine.schema import BACKFILLS, DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS, SUPERSESSIONS
-from engine.usage import Usage
+from engine.usage import Replacement, Usage
 
 __all__ = ["Backfills"]
 
@@ -58,6 +65,18 @@ def _backfill(row: tuple[Any, ...]) -> Backfill:
         values[name] = from_storage(values[name])
     values["status"] = BackfillStatus(values["status"])
     return Backfill(**values)
+
+
+def _replacement(backfill: Backfill) -> Replacement | None:
+    """What a replace backfill without a deprecation filter replaces: all of its timeframe, for
+    its customer (keyed as :func:`engine.queries.customer_key` keys rows) or everyone."""
+    if not backfill.replace_existing_events or backfill.deprecation_filter is not None:
+        return None
+    if backfill.customer_id is None and backfill.external_customer_id is None:
+        return Replacement(customer_keys=None)
+    return Replacement(
+        customer_keys=customer_keys_of(backfill.customer_id, backfill.external_customer_id)
+    )
 
 
 def _timeframe(backfill: Backfill) -> tuple[datetime, datetime]:
@@ -407,7 +426,10 @@ class Backfills:
             )
         )
         self._usage.refresh_changed(
-            backfill_id=backfill.id, timeframe=_timeframe(backfill), capture_before=capture_before
+            backfill_id=backfill.id,
+            timeframe=_timeframe(backfill),
+            replacement=_replacement(backfill),
+            capture_before=capture_before,
         )
 
     def close_due(self) -> builtins.list[Backfill]:

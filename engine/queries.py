@@ -22,33 +22,35 @@ __all__ = [
     "EVENT_COLUMNS",
     "INT64_MAX",
     "ORDINAL_COLUMN",
-    "UNKNOWN_FIELDS_COLUMN",
     "REPEATED_KEYS",
+    "UNKNOWN_FIELDS_COLUMN",
     "UTC_TIMESTAMP_PATTERN",
     "all_events",
     "bind",
     "create_temp_table",
     "customer_key",
+    "customer_keys_of",
     "customer_scope",
     "customers_keyed",
     "deprecation_rows",
     "effective_events",
+    "first_copies",
     "hour_bucket",
     "ingest_problems",
     "insert_rows",
     "latest_rows",
     "maintenance_call",
+    "newest_version",
+    "normalized_input",
     "reflected_backfills",
     "reflected_listed",
     "scheduled_deletions",
     "seconds_ago",
     "supersession_rows",
-    "with_reflected",
-    "first_copies",
-    "normalized_input",
-    "newest_version",
     "table_ref",
     "template",
+    "units_join",
+    "with_reflected",
 ]
 
 EVENT_COLUMNS = (
@@ -212,6 +214,16 @@ def customer_key(*, table: str | None = None) -> exp.Expr:
     )
 
 
+def customer_keys_of(customer_id: str | None, external_customer_id: str | None) -> tuple[str, ...]:
+    """The :func:`customer_key` values of the rows that name a customer by either id."""
+    keys = []
+    if customer_id is not None:
+        keys.append(f"id:{customer_id}")
+    if external_customer_id is not None:
+        keys.append(f"ext:{external_customer_id}")
+    return tuple(keys)
+
+
 def customers_keyed(keys: Sequence[str], *, table: str | None = None) -> exp.Expr:
     """Rows whose :func:`customer_key` is one of ``keys``, as IN lists on the two id columns
     (which DuckDB tests inside the scan; an event carries exactly one of them)."""
@@ -231,7 +243,7 @@ def hour_bucket(*, table: str | None = None) -> exp.Expr:
     return exp.func("date_trunc", exp.Literal.string("hour"), exp.column("timestamp", table=table))
 
 
-def _units_join(units: str, *, table: str) -> exp.Join:
+def units_join(units: str, *, table: str) -> exp.Join:
     """A semi-join keeping the rows of the (customer, hour) cells listed in ``units``."""
     return exp.Join(
         this=exp.to_table(units).as_("u"),
@@ -381,7 +393,7 @@ def effective_events(
     )
     if units is not None:
         # joined, not tested per row: a correlated EXISTS costs a pass over every scanned row
-        query.append("joins", _units_join(units, table="l"))
+        query.append("joins", units_join(units, table="l"))
     assert reflected_ids is None or as_of_version is None
     return with_reflected(query, as_of_version, reflected_ids=reflected_ids)
 

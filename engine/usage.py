@@ -37,11 +37,12 @@ from engine.queries import (
     insert_rows,
     reflected_backfills,
     table_ref,
+    units_join,
 )
 from engine.schema import CUSTOMERS, METRICS, USAGE_CELLS, USAGE_DISTINCT
 from engine.storage import Prepared
 
-__all__ = ["Granularity", "Metrics", "Progress", "Usage"]
+__all__ = ["Granularity", "Metrics", "Progress", "Replacement", "Usage"]
 
 Granularity = Literal["hour", "day", "month"] | None
 Progress = Callable[[int, int], None]
@@ -86,6 +87,62 @@ _FEW_REFLECTED = 1000
 _AFFECTED_UNITS = """
 SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
 """
+
+# The rows a backfill's close promoted (joined to the units they alone fill by _Promoted.rows).
+_PROMOTED_IN_UNITS = """
+SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, l.external_customer_id,
+       l.properties, l.version, l.backfill_id
+FROM lake.main.stored_events AS l
+WHERE l.version = :version AND l.backfill_id = :backfill_id
+  AND l."timestamp" >= :start AND l."timestamp" < :end
+"""
+
+
+@dataclass(frozen=True)
+class _Promoted:
+    """The rows a closing :class:`Replacement` promoted, and the units they alone fill."""
+
+    version: int
+    backfill_id: str
+    start: datetime
+    end: datetime
+    customer_keys: tuple[str, ...] | None
+
+    def holds_only_its_rows(self) -> exp.Expr:
+        """Units (``customer_key``, ``bucket``) wholly inside the timeframe and scope."""
+        bucket = exp.column("bucket")
+        conditions: list[exp.Expr] = [
+            bucket >= exp.convert(self.start),
+            bucket <= exp.convert(self.end - timedelta(hours=1)),
+        ]
+        if self.customer_keys is not None:
+            keys = [exp.convert(key) for key in self.customer_keys]
+            conditions.append(exp.column("customer_key").isin(*keys) if keys else exp.false())
+        return exp.func("coalesce", exp.and_(*conditions), exp.false())
+
+    def rows(self, *, units: str) -> exp.Select:
+        query = bind(
+            _PROMOTED_IN_UNITS,
+            version=self.version,
+            backfill_id=self.backfill_id,
+            start=self.start,
+            end=self.end,
+        )
+        assert isinstance(query, exp.Select)
+        return query.join(units_join(units, table="l"))
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """A closing backfill that replaces every event of its timeframe (no deprecation filter),
+    for every customer (``customer_keys`` None) or the customers keyed so
+    (:func:`engine.queries.customer_key`). Once it closes, a (customer, hour) unit that lies
+    wholly inside its timeframe and scope holds its promoted rows and nothing else: every older
+    row there is deprecated, and no newer row exists yet. Those units are aggregated from the
+    promoted rows alone, without the effective-events query (its scan of every customer's rows
+    in the touched hours and its anti-joins were a quarter of a close)."""
+
+    customer_keys: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -372,6 +429,7 @@ class Usage:
         superseding: bool = True,
         backfill_id: str | None = None,
         timeframe: tuple[datetime, datetime] | None = None,
+        replacement: Replacement | None = None,
         capture_before: bool = False,
     ) -> None:
         """Re-aggregate the units a commit touched: rows written at ``version``, or the rows of
@@ -382,6 +440,9 @@ class Usage:
         ``superseding=False`` says none of them superseded a stored row: each spares a scan of
         a lake table (10-20 ms of DuckLake catalog work even when it finds nothing).
 
+        ``replacement`` says that the closing backfill replaces all of its timeframe and scope
+        (see :class:`Replacement`); not for a revert.
+
         ``capture_before`` keeps the cells of the touched (customer, day)s as they were, in
         the temp tables ``before_cells`` and ``before_distinct``, for :meth:`preview_diff`.
         """
@@ -389,6 +450,7 @@ class Usage:
         if not metrics:
             return
         storage = self._context.storage
+        promoted: _Promoted | None = None
         if backfill_id is not None:
             assert timeframe is not None
             close_version = storage.one(
@@ -402,6 +464,10 @@ class Usage:
                 start=timeframe[0],
                 end=timeframe[1],
             )
+            if replacement is not None:
+                promoted = _Promoted(
+                    int(close_version[0]), backfill_id, *timeframe, replacement.customer_keys
+                )
         else:
             assert version is not None
             rows: exp.Expr
@@ -426,9 +492,9 @@ class Usage:
         if capture_before:
             for name, table in (("before_cells", USAGE_CELLS), ("before_distinct", USAGE_DISTINCT)):
                 storage.execute(create_temp_table(name, _in_affected_days(table_ref(table))))
-        self._refresh_units(metrics)
+        self._refresh_units(metrics, promoted)
 
-    def _refresh_units(self, metrics: list[_Registered]) -> None:
+    def _refresh_units(self, metrics: list[_Registered], promoted: _Promoted | None = None) -> None:
         storage = self._context.storage
         bounds = storage.one(bind("SELECT min(bucket), max(bucket) FROM affected_units"))
         if bounds is None or bounds[0] is None:
@@ -448,25 +514,43 @@ class Usage:
             )
             delete.set("using", [exp.to_table("affected_units").as_("u")])
             storage.execute(delete)
-        # read once here: the refresh query would otherwise read backfills per reference
-        reflected = [row[0] for row in storage.rows(reflected_backfills())]
+        units = "affected_units"
+        parts: list[exp.Select] = []
+        if promoted is not None:
+            whole = promoted.holds_only_its_rows()
+            for name, condition in (("replaced_units", whole), ("other_units", whole.not_())):
+                storage.execute(
+                    create_temp_table(name, exp.select("*").from_(units).where(condition))
+                )
+            parts.append(promoted.rows(units="replaced_units"))
+            units = "other_units"
         customers = storage.rows(
-            exp.select("customer_key").distinct().from_("affected_units").limit(_FEW_CUSTOMERS + 1)
+            exp.select("customer_key").distinct().from_(units).limit(_FEW_CUSTOMERS + 1)
         )
-        storage.execute(
-            create_temp_table(
-                "unit_events",
+        if customers:
+            # read once here: the refresh query would otherwise read backfills per reference
+            reflected = [row[0] for row in storage.rows(reflected_backfills())]
+            parts.append(
                 effective_events(
                     timeframe_start=start,
                     timeframe_end=end,
-                    units="affected_units",
+                    units=units,
                     unit_customers=(
                         [key for (key,) in customers] if len(customers) <= _FEW_CUSTOMERS else None
                     ),
                     reflected_ids=reflected if len(reflected) <= _FEW_REFLECTED else None,
-                ),
+                )
+            )
+        rows = (
+            parts[0]
+            if len(parts) == 1
+            # as subqueries: the effective-events query starts with WITH
+            else exp.union(
+                *(exp.select("*").from_(part.subquery(f"p{i}")) for i, part in enumerate(parts)),
+                distinct=False,
             )
         )
+        storage.execute(create_temp_table("unit_events", rows))
         self._insert_cells(metrics, "unit_events")
 
     def _insert_cells(self, metrics: list[_Registered], source: str) -> None:

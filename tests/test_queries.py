@@ -46,6 +46,8 @@ def _metric(sql: str) -> usage._Registered:
     return usage._Registered(metric, parse_metric(sql))
 
 
+_PROMOTED = usage._Promoted(7, "bf_1", START, END, ("ext:acme", "id:cus_1"))
+
 TOKENS = "SELECT sum(tokens) FROM events WHERE event_name = 'completion'"
 MODELS = "SELECT count(DISTINCT model) FROM events GROUP BY region"
 
@@ -62,6 +64,10 @@ CANONICAL: dict[str, Callable[[], exp.Expr]] = {
     "usage_touched_by_backfill": lambda: queries.bind(
         usage._TOUCHED_BY_BACKFILL, backfill_id="bf_1", close_version=7, start=START, end=END
     ),
+    "usage_units_a_scoped_replace_fills": lambda: (
+        exp.select("*").from_("affected_units").where(_PROMOTED.holds_only_its_rows())
+    ),
+    "usage_rows_promoted_in_replaced_units": lambda: _PROMOTED.rows(units="replaced_units"),
     "effective_events_in_units_as_of": lambda: queries.effective_events(
         timeframe_start=START, timeframe_end=END, units="affected_units", as_of_version=7
     ),

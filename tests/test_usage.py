@@ -262,6 +262,54 @@ def test_a_timeframe_off_the_hour_counts_only_its_part(
     assert frame["timeframe_start"].to_list()[0] == start
 
 
+def test_a_replace_without_filter_keeps_what_it_does_not_replace(
+    store: engine.Store, clock: FakeClock, metrics: dict[str, engine.Metric]
+) -> None:
+    """A filterless replace aggregates the units wholly inside its timeframe and scope from
+    its own rows alone; every other unit it touches must still see all its effective events:
+    another customer's unit whose key the backfill re-sends, and an hour the timeframe cuts."""
+    minute = timedelta(minutes=1)
+    first = (NOW - 9 * HOUR).replace(minute=0, second=0, microsecond=0)
+    cut, wide = first + 3 * HOUR, first + 6 * HOUR
+    history = [
+        event("a1", first + 10 * minute, ext="acme", tokens=1),
+        event("g1", first + 20 * minute, ext="globex", tokens=2),
+        event("g2", first + 40 * minute, ext="globex", tokens=3),
+        event("a2", cut + 10 * minute, ext="acme", tokens=4),
+        event("a3", cut + 45 * minute, ext="acme", tokens=5),
+        event("a4", wide + 5 * minute, ext="acme", tokens=6),
+        event("g3", wide + 25 * minute, ext="globex", tokens=7),
+    ]
+    store.ingest(history)
+    clock.advance(DAY)
+    scoped = store.backfills.create(
+        timeframe_start=first, timeframe_end=first + 2 * HOUR, external_customer_id="acme"
+    )
+    # g1 was globex's key: re-sent for acme, it supersedes globex's row in a unit inside the
+    # timeframe that the acme-only replace does not own
+    store.ingest([event("g1", first + 15 * minute, ext="acme", tokens=8)], backfill_id=scoped.id)
+    store.backfills.close(scoped.id)
+    _check_all(store, metrics)
+    cutting = store.backfills.create(
+        timeframe_start=cut, timeframe_end=cut + 30 * minute, external_customer_id="acme"
+    )
+    store.ingest([event("a5", cut + 5 * minute, ext="acme", tokens=9)], backfill_id=cutting.id)
+    store.backfills.close(cutting.id)
+    _check_all(store, metrics)
+    everyone = store.backfills.create(timeframe_start=wide, timeframe_end=wide + HOUR)
+    store.ingest([event("a6", wide + 30 * minute, ext="acme", tokens=10)], backfill_id=everyone.id)
+    store.backfills.close(everyone.id)
+    _check_all(store, metrics)
+    keys = set(_effective(store)["idempotency_key"].to_list())
+    assert keys == {"g1", "g2", "a3", "a5", "a6"}  # g1 now acme's
+    for backfill in (everyone, cutting, scoped):
+        store.backfills.revert(backfill.id)
+        _check_all(store, metrics)
+    assert set(_effective(store)["idempotency_key"].to_list()) == {
+        e["idempotency_key"] for e in history
+    }
+
+
 def test_usage_for_one_customer_by_either_id(
     store: engine.Store, metrics: dict[str, engine.Metric]
 ) -> None:
