@@ -678,7 +678,8 @@ def polars_cells(files: str, target: Path) -> None:
             pl.col("tokens").filter(completion).max().alias("max_completion_tokens"),
             pl.col("model").drop_nulls().unique().alias("models"),
         )
-        .collect()
+        # streaming, as a Polars user would at this size: in memory it ran out of RAM at 100M
+        .collect(engine="streaming")
     )
     frame.write_parquet(target)
 
@@ -1079,36 +1080,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile=not args.no_profile,
             workdir=folder,
         )
+
+        def save() -> dict[str, Any]:
+            """The results so far as JSON (after every size: a later size may not finish)."""
+            about = machine(load_at_start)
+            about["polars"] = pl.__version__
+            output = {
+                "benchmark": "bench_usage",
+                "params": {
+                    "sizes": sizes,
+                    "customers": args.customers,
+                    "days": [history_days(size) for size in sizes],
+                    "events_per_day": None if args.days is not None else args.events_per_day,
+                    "repeat": args.repeat,
+                    "batch": args.batch,
+                    "backfill_events": args.backfill_events,
+                    "scoped_events": args.scoped_events,
+                    "usage_calls": args.usage_calls,
+                    "deprecation_filter": DEPRECATION_FILTER,
+                },
+                "machine": about,
+                "sizes": {str(r["events"]): r for r in results},
+                "wall_seconds": time.perf_counter() - started,
+            }
+            if args.out is not None:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(output, indent=2, default=str) + "\n")
+            return output
+
         for size in sizes:
             sized = replace(params, days=history_days(size))
             results.append(run_size(sized, size, keep=args.keep or args.workdir is not None))
             log(f"N = {size:,} done in {results[-1]['wall_seconds']:.0f} s")
-    text = report(results, params)
-    print(text)
-    about = machine(load_at_start)
-    about["polars"] = pl.__version__
-    output = {
-        "benchmark": "bench_usage",
-        "params": {
-            "sizes": sizes,
-            "customers": args.customers,
-            "days": [history_days(size) for size in sizes],
-            "events_per_day": None if args.days is not None else args.events_per_day,
-            "repeat": args.repeat,
-            "batch": args.batch,
-            "backfill_events": args.backfill_events,
-            "scoped_events": args.scoped_events,
-            "usage_calls": args.usage_calls,
-            "deprecation_filter": DEPRECATION_FILTER,
-        },
-        "machine": about,
-        "sizes": {str(r["events"]): r for r in results},
-        "wall_seconds": time.perf_counter() - started,
-    }
-    log(f"total {output['wall_seconds']:.1f} s, load average {about['load_average_at_end']}")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(output, indent=2, default=str) + "\n")
+            output = save()
+    print(report(results, params))
+    log(
+        f"total {output['wall_seconds']:.1f} s, load average "
+        f"{output['machine']['load_average_at_end']}"
+    )
     return 0
 
 
