@@ -4,7 +4,8 @@ every commit, merged into any window at query time.
 Every commit that changes effective events calls :meth:`Usage.refresh_changed` inside its own
 transaction: it finds the (customer, hour) units whose effective events may have changed (rows
 written or flipped by the commit and every other version of their keys), deletes their cells
-and re-aggregates them from the effective events of those units only. A metric's creation and
+and re-aggregates them from the effective events of those units only (for the units a filterless
+replace backfill wholly owns, from its own rows: see :class:`Replacement`). A metric's creation and
 :meth:`Usage.recompute` rebuild from all history; :meth:`Usage.verify` compares the cells with
 a from-scratch computation.
 """
