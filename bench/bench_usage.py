@@ -595,9 +595,11 @@ def usage_latency(store: engine.Store, params: Params) -> dict[str, Any]:
     profiler.disable()
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    window_start, window_end = usage_window(params)
+    window_days = (window_end - window_start).days
     return {
         "customer": customer,
-        "window_days": (usage_window(params)[1] - usage_window(params)[0]).days,
+        "window_days": window_days,
         "calls_per_round": params.usage_calls,
         "first_call_seconds": first_wall,
         "first_call_cpu_seconds": first_cpu,

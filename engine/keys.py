@@ -13,7 +13,7 @@ The index may hold more than the store (two keys may share a hash prefix) but ne
 before answering it reads the rows of every commit newer than the last it saw, in the caller's
 transaction and only up to the newest *committed* version, so a lookup inside a write sees
 every commit before it and never the write's own rows. Stored rows are never deleted, so
-entries never go stale. It is built on the second lookup of a process (1-1.3 s at 10M
+entries never go stale. It is built on the second lookup of a process (0.9-1.3 s at 10M
 events, 4.5-6.3 s at 50M: one scan of the keys and a sort; the first lookup scans instead, see
 :meth:`KeyIndex.stored_rows`) and holds 8 bytes per stored row (80 MB at 10M).
 """
@@ -42,7 +42,7 @@ _MAX_RANGES = 32
 # every day). One word sorts 3x faster than a hash with a separate day array, and sorting is most
 # of building the index. A key that meets another key's prefix costs a scan of that key's days
 # for nothing (1.3-4 s per close at 50-100M events with 41-bit prefixes, where a 100k-key close
-# met 1-5 of them). At 100M entries a key meets one with odds of 1 in 1.4 million.
+# meets 2-5 of them on average). At 100M entries a key meets one with odds of 1 in 1.4 million.
 _DAY_BITS = 17
 _DAY_MASK = np.uint64((1 << _DAY_BITS) - 1)
 _PREFIX_MASK = ~_DAY_MASK

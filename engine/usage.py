@@ -118,7 +118,7 @@ class _Promoted:
         ]
         if self.customer_keys is not None:
             keys = [exp.convert(key) for key in self.customer_keys]
-            conditions.append(exp.column("customer_key").isin(*keys) if keys else exp.false())
+            conditions.append(exp.column("customer_key").isin(*keys))
         return exp.func("coalesce", exp.and_(*conditions), exp.false())
 
     def rows(self, *, units: str) -> exp.Select:
