@@ -13,23 +13,38 @@ The index may hold more than the store (two keys may share a hash prefix) but ne
 before answering it reads the rows of every commit newer than the last it saw, in the caller's
 transaction and only up to the newest *committed* version, so a lookup inside a write sees
 every commit before it and never the write's own rows. Stored rows are never deleted, so
-entries never go stale. It is built on the second lookup of a process (0.9-1.3 s at 10M
-events, 4.5-6.3 s at 50M: one scan of the keys and a sort; the first lookup scans instead, see
-:meth:`KeyIndex.stored_rows`) and holds 8 bytes per stored row (80 MB at 10M).
+entries never go stale. It holds 8 bytes per stored row (80 MB at 10M events).
+
+Building it takes one scan of the keys and a sort (0.9-1.3 s at 10M events, 4.5-6.3 s at 50M),
+more than the one scan of every key a write would make without it, so a process that writes
+once would lose by building it. Hence the index is saved in the store folder
+(:data:`INDEX_FILE`) and a process starts from that file, reading only the rows committed since;
+the file names the DuckLake snapshot it was written at, so a file from another history (a copy
+of the folder, a restored catalog) is never used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from datetime import datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
 from sqlglot import exp
 
-from engine.queries import bind, newest_version
+from engine.queries import bind, newest_version, rows_removed_since, snapshot_identity
+from engine.schema import STORED_EVENTS
 from engine.storage import Storage
 
-__all__ = ["KeyIndex"]
+__all__ = ["INDEX_FILE", "SAVE_AT_LEAST", "KeyIndex"]
+
+#: The index, saved in the store folder for the next process.
+INDEX_FILE = "key_index.bin"
+#: Entries not yet in the index file that make a process rewrite it (and never fewer than an
+#: eighth of the file, so rewriting costs about what reading those entries from the store did).
+SAVE_AT_LEAST = 1 << 20
 
 _EPOCH = datetime(1970, 1, 1)
 
@@ -61,6 +76,15 @@ FROM (SELECT idempotency_key, CAST("timestamp" AS DATE) - DATE '1970-01-01' + :d
 ORDER BY entry
 """
 
+# The index file: eight little-endian 64-bit words (magic, layout, hash probe, version covered,
+# DuckLake snapshot and its commit time in microseconds, entry count, checksum), then the
+# entries in one sorted run.
+_HEADER_WORDS = 8
+_MAGIC = int.from_bytes(b"EKEYIDX1", "little")
+_LAYOUT = (_DAY_BITS << 32) | _DAY_OFFSET
+_PROBE = "engine key index"
+_ON_DISK = np.dtype("<u8")
+
 Entries = npt.NDArray[np.uint64]
 Days = npt.NDArray[np.int64]
 
@@ -69,26 +93,29 @@ class KeyIndex:
     """The days on which the stored rows of any set of keys lie. Use inside a transaction
     (``storage.write()`` or ``storage.read()``) and before the transaction writes stored rows."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, save_at_least: int = SAVE_AT_LEAST) -> None:
         self._storage = storage
+        self._file = storage.path / INDEX_FILE
+        self._save_at_least = save_at_least
         # Sorted runs whose sizes shrink geometrically: a lookup visits O(log n) of them and
         # each entry is merged O(log n) times (a log-structured merge of sorted arrays).
         self._runs: list[Entries] = []
         self._seen_version = 0
-        self._asked = False
+        self._opened = False
+        #: entries in the store's index file as this process last read or wrote it
+        self._saved_entries = 0
 
     def stored_rows(self, keys: exp.Expr, *, table: str | None = None) -> exp.Expr:
         """A condition on ``stored_events`` rows (under alias ``table``) that holds for every
         stored row of the keys ``keys`` selects (a query with an ``idempotency_key`` column):
         timestamp ranges of whole UTC days, or FALSE when none of the keys was ever stored.
 
-        The first lookup of a process answers TRUE (scan every key, as without the index) and
-        builds nothing: a one-shot command that writes once would pay the whole build (about
-        1 s at 10M events) to save one scan (0.3-0.5 s). The second lookup builds it.
+        The first lookup of a process starts from the store's index file when it is usable
+        (see :meth:`_open`).
         """
-        if not self._asked:
-            self._asked = True
-            return exp.true()
+        if not self._opened:
+            self._opened = True
+            self._open()
         self._catch_up()
         days = self._days_of(self._prefixes(keys))
         if len(days) and days[-1] == _ANY_DAY:
@@ -118,7 +145,7 @@ class KeyIndex:
         newest = int(committed[0])
         if newest < self._seen_version:
             # the version log went back: the store was emptied or restored from a copy
-            self._runs, self._seen_version = [], 0
+            self._runs, self._seen_version, self._saved_entries = [], 0, 0
         if newest == self._seen_version:
             return
         entries = self._storage.arrow(
@@ -134,6 +161,85 @@ class KeyIndex:
         if len(entries):
             self._add(entries.to_numpy())
         self._seen_version = newest
+        unsaved = sum(len(run) for run in self._runs) - self._saved_entries
+        if unsaved >= max(self._save_at_least, self._saved_entries // 8):
+            self._save()
+
+    def _open(self) -> None:
+        """Start from the store's index file if it describes this store's history: written at a
+        DuckLake snapshot the store still has (same id, same commit time), after which no
+        stored row was removed, for a version the caller's transaction sees, by this layout
+        and this DuckDB hash, and whole. Anything else (no file, a copy from another history,
+        an emptied store, a torn file) is ignored: the index is then built from the stored
+        rows, which is always correct, only slower."""
+        try:
+            words = np.fromfile(self._file, dtype=_ON_DISK).astype(np.uint64, copy=False)
+        except (OSError, ValueError):
+            return
+        if len(words) < _HEADER_WORDS:
+            return
+        header, entries = words[:_HEADER_WORDS], words[_HEADER_WORDS:]
+        magic, layout, probe, version, snapshot, snapshot_us, count, checksum = (
+            int(word) for word in header
+        )
+        if (
+            (magic, layout, probe) != (_MAGIC, _LAYOUT, self._hash_probe())
+            or count != len(entries)
+            or checksum != _checksum(entries)
+            or self._storage.one(snapshot_identity(snapshot)) != (snapshot, snapshot_us)
+            or self._storage.one(rows_removed_since(STORED_EVENTS, snapshot)) != (0,)
+        ):
+            return
+        committed = self._storage.one(newest_version())
+        if committed is None or version > int(committed[0]):
+            return  # written by a process that saw commits this transaction does not
+        self._runs, self._seen_version, self._saved_entries = [entries], version, count
+
+    def _save(self) -> None:
+        """Write the index, as one sorted run, to the store's index file (atomically: another
+        process sees the old file or the new one). A cache: if it cannot be written, the next
+        process builds the index again."""
+        identity = self._storage.one(snapshot_identity())
+        if identity is None:
+            return
+        while len(self._runs) > 1:
+            newer = self._runs.pop()
+            self._runs.append(_merged(self._runs.pop(), newer))
+        entries = self._runs[0] if self._runs else np.empty(0, dtype=np.uint64)
+        header = np.array(
+            [
+                _MAGIC,
+                _LAYOUT,
+                self._hash_probe(),
+                self._seen_version,
+                identity[0],
+                identity[1],
+                len(entries),
+                _checksum(entries),
+            ],
+            dtype=np.uint64,
+        )
+        try:
+            handle, scratch = tempfile.mkstemp(dir=self._storage.path / "tmp", prefix=INDEX_FILE)
+        except OSError:
+            return
+        try:
+            with os.fdopen(handle, "wb") as out:
+                header.astype(_ON_DISK).tofile(out)
+                entries.astype(_ON_DISK, copy=False).tofile(out)
+            os.replace(scratch, self._file)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(scratch)
+            return
+        self._saved_entries = len(entries)
+
+    def _hash_probe(self) -> int:
+        """DuckDB's hash of a fixed string: a file written by a DuckDB whose ``hash()`` differs
+        would give wrong prefixes."""
+        row = self._storage.one(exp.select(exp.func("hash", exp.Literal.string(_PROBE))))
+        assert row is not None
+        return int(row[0])
 
     def _add(self, run: Entries) -> None:
         self._runs.append(run)
@@ -170,6 +276,11 @@ class KeyIndex:
         if not found:
             return np.empty(0, dtype=np.int64)
         return np.unique(np.concatenate(found))
+
+
+def _checksum(entries: Entries) -> int:
+    """The entries' sum modulo 2**64: a torn or damaged file fails it."""
+    return int(np.add.reduce(entries, dtype=np.uint64)) if len(entries) else 0
 
 
 def _merged(older: Entries, newer: Entries) -> Entries:

@@ -738,6 +738,63 @@ def first_copies(
     return bind(_FIRST_COPIES, ctes={"known": known}, first_copy=first_copy)
 
 
+def snapshot_identity(snapshot_id: int | None = None) -> exp.Select:
+    """``(snapshot_id, microseconds since 1970 of its commit)`` of a DuckLake snapshot, or of the
+    one the caller's transaction reads when ``snapshot_id`` is None; no row when the snapshot is
+    not in the store's history (never there, or expired). DuckLake stamps snapshots with the
+    real time, so a history that diverged from another (a restored copy written to since) does
+    not share its snapshots even when their ids coincide."""
+    snapshots = exp.table_("ducklake_snapshot", db=f"__ducklake_metadata_{CATALOG}").as_("s")
+    wanted: exp.Expr = (
+        exp.convert(snapshot_id)
+        if snapshot_id is not None
+        else exp.select("id")
+        .from_(
+            exp.Table(
+                this=exp.Anonymous(this="current_snapshot", expressions=[]),
+                db=exp.to_identifier(CATALOG),
+            )
+        )
+        .subquery()
+    )
+    return (
+        exp.select(
+            exp.column("snapshot_id", table="s"),
+            exp.func(
+                "epoch_us",
+                exp.cast(exp.column("snapshot_time", table="s"), exp.DataType.build("TIMESTAMPTZ")),
+            ),
+        )
+        .from_(snapshots)
+        .where(exp.column("snapshot_id", table="s").eq(wanted))
+    )
+
+
+# Changes DuckLake records for a table that keep every row it had: inserts and compaction.
+_ROW_KEEPING_CHANGES = ("inserted_into_table", "inlined_insert", "inline_flush", "merge_adjacent")
+
+_CHANGES_SINCE = """
+SELECT count(*)
+FROM __ducklake_metadata_lake.ducklake_snapshot_changes AS c,
+     __ducklake_metadata_lake.ducklake_table AS t,
+     unnest(string_split(c.changes_made, ',')) AS u(change)
+WHERE c.snapshot_id > :snapshot AND t.table_name = :table
+  AND split_part(u.change, ':', 2) = CAST(t.table_id AS VARCHAR)
+  AND NOT list_contains(:row_keeping, split_part(u.change, ':', 1))
+"""
+
+
+def rows_removed_since(table: Table, snapshot_id: int) -> exp.Expr:
+    """How many DuckLake snapshots after ``snapshot_id`` changed ``table`` in a way that may
+    have removed rows (a delete, a drop, anything but an insert or a compaction)."""
+    return bind(
+        _CHANGES_SINCE,
+        snapshot=snapshot_id,
+        table=table.name,
+        row_keeping=list(_ROW_KEEPING_CHANGES),
+    )
+
+
 def insert_rows(table: Table, select: exp.Expr, columns: Sequence[str] | None = None) -> exp.Insert:
     """``INSERT INTO lake.main.<table> (<columns>) <select>``."""
     names = columns if columns is not None else table.column_names

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,8 +16,8 @@ from procs.common import NOW, FakeClock
 from sqlglot import exp
 
 import engine
-from engine.keys import _day_ranges, _merged
-from engine.queries import bind, table_ref
+from engine.keys import INDEX_FILE, KeyIndex, _day_ranges, _merged
+from engine.queries import bind, snapshot_identity, table_ref
 from engine.schema import STORED_EVENTS
 
 BASE = NOW - timedelta(days=40)
@@ -40,10 +42,8 @@ def _keys(*keys: str) -> exp.Expr:
 
 
 def _condition(store: engine.Store, *keys: str) -> exp.Expr:
-    index = store._context.keys
     with store._storage.read():
-        index.stored_rows(_keys(*keys))  # the first lookup of a process only scans
-        return index.stored_rows(_keys(*keys))
+        return store._context.keys.stored_rows(_keys(*keys))
 
 
 def _rows_kept(store: engine.Store, condition: exp.Expr, *keys: str) -> tuple[int, int]:
@@ -72,16 +72,110 @@ def _backfill(
     store.backfills.close(backfill.id)
 
 
-def test_the_first_lookup_of_a_process_scans_and_builds_nothing(
+def _lookup(store: engine.Store, index: KeyIndex, *keys: str) -> exp.Expr:
+    with store._storage.read():
+        return index.stored_rows(_keys(*keys))
+
+
+def _index_file(folder: Path) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """(header, entries) of a store's saved key index."""
+    words = np.fromfile(folder / INDEX_FILE, dtype="<u8").astype(np.uint64)
+    return words[:8], words[8:]
+
+
+def _write_index_file(folder: Path, header: npt.NDArray[np.uint64], entries: list[int]) -> None:
+    """Rewrite a saved key index with other entries, count and checksum made to match."""
+    run = np.array(sorted(entries), dtype=np.uint64)
+    header = header.copy()
+    header[6], header[7] = len(run), np.add.reduce(run, dtype=np.uint64)
+    np.concatenate([header, run]).astype("<u8").tofile(folder / INDEX_FILE)
+
+
+def test_the_first_lookup_builds_the_index_and_a_small_one_stays_unsaved(
     store_path: Path, clock: FakeClock
 ) -> None:
     with engine.open(store_path, clock=clock) as fresh:
         fresh.ingest([_event("k", NOW - timedelta(hours=1))])  # the first lookup
         index = fresh._context.keys
-        assert index._runs == []
-        with fresh._storage.read():
-            assert index.stored_rows(_keys("unknown")) == exp.false()
+        assert _lookup(fresh, index, "unknown") == exp.false()
         assert sum(len(run) for run in index._runs) == 1
+    assert not (store_path / INDEX_FILE).exists()  # under SAVE_AT_LEAST entries
+
+
+def test_a_later_process_starts_from_the_saved_index_and_reads_only_newer_commits(
+    store_path: Path, clock: FakeClock
+) -> None:
+    day = BASE.replace(hour=0, minute=0, second=0, microsecond=0)
+    with engine.open(store_path, clock=clock) as store:
+        store.ingest([_event("live", NOW - timedelta(hours=1))])
+        _backfill(store, day, [_event("old", day + timedelta(hours=3))])
+        first = KeyIndex(store._storage, save_at_least=1)
+        _lookup(store, first, "live")
+        header, entries = _index_file(store_path)
+        assert (int(header[3]), len(entries)) == (2, 2)  # versions 1-2, one row each
+        # an entry only the file holds: a later index that answers with its day read the file
+        ghost_day = 30
+        (ghost,) = first._prefixes(_keys("ghost"))
+        _write_index_file(store_path, header, [*entries, int(ghost) | (ghost_day + (1 << 16))])
+        store.ingest([_event("newer", NOW - timedelta(minutes=5))])
+
+        later = KeyIndex(store._storage, save_at_least=10**9)
+        ghost_start = datetime(1970, 1, 1) + timedelta(days=ghost_day)
+        assert f"'{ghost_start}'" in _lookup(store, later, "ghost").sql(dialect="duckdb")
+        for key in ("live", "old", "newer"):
+            assert _rows_kept(store, _lookup(store, later, key), key) == (1, 1), key
+
+
+def test_an_index_file_from_another_history_is_never_used(tmp_path: Path, clock: FakeClock) -> None:
+    """Two copies of one store written to apart reach the same versions and DuckLake snapshot
+    ids; only the snapshots' commit times tell the histories apart."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    with engine.open(ours, clock=clock) as store:
+        store.ingest([_event("shared", NOW - timedelta(hours=2))])
+    shutil.copytree(ours, theirs)
+    day = BASE.replace(hour=0, minute=0, second=0, microsecond=0)
+    with engine.open(theirs, clock=clock) as store:
+        _backfill(store, day, [_event("theirs", day + timedelta(hours=1))])
+        _lookup(store, KeyIndex(store._storage, save_at_least=1), "shared")
+    with engine.open(ours, clock=clock) as store:
+        _backfill(store, day + timedelta(days=3), [_event("ours", day + timedelta(days=3))])
+        shutil.copy(theirs / INDEX_FILE, ours / INDEX_FILE)
+        header, _ = _index_file(ours)
+        snapshot = int(header[4])
+        assert store._storage.one(snapshot_identity(snapshot)) not in (None, (snapshot, header[5]))
+        index = KeyIndex(store._storage)
+        for key in ("shared", "ours"):
+            assert _rows_kept(store, _lookup(store, index, key), key) == (1, 1), key
+        assert _lookup(store, index, "theirs") == exp.false()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered", "rows deleted since"])
+def test_a_damaged_or_outdated_index_file_is_not_used(
+    store_path: Path, clock: FakeClock, damage: str
+) -> None:
+    with engine.open(store_path, clock=clock) as store:
+        for n in range(3):
+            store.ingest([_event(f"k{n}", NOW - timedelta(hours=1 + n))])
+        _lookup(store, KeyIndex(store._storage, save_at_least=1), "k0")
+        header, entries = _index_file(store_path)
+        if damage == "truncated":
+            _write_index_file(store_path, header, [int(e) for e in entries])
+            with (store_path / INDEX_FILE).open("r+b") as file:
+                file.truncate((8 + len(entries) - 1) * 8)
+        elif damage == "altered":
+            np.concatenate([header, np.zeros_like(entries)]).astype("<u8").tofile(
+                store_path / INDEX_FILE
+            )
+        else:  # emptied (as the test fixture does) and written again past the file's version
+            storage = store._storage
+            with storage.write():
+                for table in ("stored_events", "commits"):
+                    storage.execute(exp.delete(exp.table_(table, db="main", catalog="lake")))
+            for n in range(4):
+                store.ingest([_event(f"j{n}", NOW - timedelta(hours=1 + n))])
+        index = KeyIndex(store._storage, save_at_least=10**9)
+        for key in ["j0", "j3"] if damage == "rows deleted since" else ["k0", "k2"]:
+            assert _rows_kept(store, _lookup(store, index, key), key) == (1, 1), key
 
 
 def test_keys_never_stored_narrow_to_nothing(store: engine.Store) -> None:
@@ -190,8 +284,9 @@ def test_a_rolled_back_write_leaves_no_trace(store: engine.Store) -> None:
 def test_no_stored_row_of_an_asked_key_is_ever_left_out(
     store: engine.Store, batches: list[list[tuple[int, int]]], asked: list[int]
 ) -> None:
-    """Keys ingested in backfills on random days, read back after every commit: every stored
-    row of the asked keys satisfies the condition, and none of an unknown key does."""
+    """Keys ingested in backfills on random days, read back after every commit, by the store's
+    index and by a new one starting from the file the previous new one saved: every stored row
+    of the asked keys satisfies the condition, and none of an unknown key does."""
     storage = store._storage
     with storage.write():
         for table in ("stored_events", "staged_events", "backfills", "commits", "supersessions"):
@@ -213,6 +308,9 @@ def test_no_stored_row_of_an_asked_key_is_ever_left_out(
         keys = [f"k{n}" for n in asked]
         total, kept = _rows_kept(store, _condition(store, *keys), *keys)
         assert kept == total
+        # a process of its own, starting from the file the previous one saved
+        later = _lookup(store, KeyIndex(storage, save_at_least=1), *keys)
+        assert _rows_kept(store, later, *keys) == (total, total)
     assert _condition(store, "never-sent") == exp.false()
 
 
