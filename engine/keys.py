@@ -18,17 +18,21 @@ entries never go stale. It holds 8 bytes per stored row (80 MB at 10M events).
 Building it takes one scan of the keys and a sort (0.9-1.3 s at 10M events, 4.5-6.3 s at 50M),
 more than the one scan of every key a write would make without it, so a process that writes
 once would lose by building it. Hence the index is saved in the store folder
-(:data:`INDEX_FILE`) and a process starts from that file, reading only the rows committed since;
-the file names the DuckLake snapshot it was written at, so a file from another history (a copy
-of the folder, a restored catalog) is never used.
+(:data:`INDEX_FOLDER`) as segments, sorted runs each covering the rows of a range of versions: a
+process starts from them and reads only the rows of the commits since the last segment, at
+most :data:`SAVE_AT_LEAST` of them. Each segment names the DuckLake snapshot it was written at,
+so a segment from another history (a copy of the folder, a restored catalog) is never used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -38,12 +42,13 @@ from engine.queries import bind, newest_version, rows_removed_since, snapshot_id
 from engine.schema import STORED_EVENTS
 from engine.storage import Storage
 
-__all__ = ["INDEX_FILE", "SAVE_AT_LEAST", "KeyIndex"]
+__all__ = ["INDEX_FOLDER", "SAVE_AT_LEAST", "KeyIndex"]
 
-#: The index, saved in the store folder for the next process.
-INDEX_FILE = "key_index.bin"
-#: Entries not yet in the index file that make a process rewrite it (and never fewer than an
-#: eighth of the file, so rewriting costs about what reading those entries from the store did).
+#: The saved index: a folder of the store holding its segments.
+INDEX_FOLDER = "key_index"
+#: Entries not yet saved that make a process write a segment. When the segments after the first
+#: would hold an eighth of the first one's entries, the process writes one segment of everything
+#: instead and removes the others, so the bytes written stay a small multiple of the index.
 SAVE_AT_LEAST = 1 << 20
 
 _EPOCH = datetime(1970, 1, 1)
@@ -76,14 +81,16 @@ FROM (SELECT idempotency_key, CAST("timestamp" AS DATE) - DATE '1970-01-01' + :d
 ORDER BY entry
 """
 
-# The index file: eight little-endian 64-bit words (magic, layout, hash probe, version covered,
-# DuckLake snapshot and its commit time in microseconds, entry count, checksum), then the
-# entries in one sorted run.
-_HEADER_WORDS = 8
-_MAGIC = int.from_bytes(b"EKEYIDX1", "little")
+# A segment file, named "<after>-<upto>.bin" for the versions whose rows it covers (after < version
+# <= upto): nine little-endian 64-bit words (magic, layout, hash probe, after, upto, DuckLake
+# snapshot and its commit time in microseconds, entry count, checksum), then the entries in one
+# sorted run.
+_HEADER_WORDS = 9
+_MAGIC = int.from_bytes(b"EKEYIDX2", "little")
 _LAYOUT = (_DAY_BITS << 32) | _DAY_OFFSET
 _PROBE = "engine key index"
 _ON_DISK = np.dtype("<u8")
+_SEGMENT_NAME = re.compile(r"(\d+)-(\d+)\.bin")
 
 Entries = npt.NDArray[np.uint64]
 Days = npt.NDArray[np.int64]
@@ -95,28 +102,34 @@ class KeyIndex:
 
     def __init__(self, storage: Storage, *, save_at_least: int = SAVE_AT_LEAST) -> None:
         self._storage = storage
-        self._file = storage.path / INDEX_FILE
+        self._saved = _Segments(storage)
         self._save_at_least = save_at_least
         # Sorted runs whose sizes shrink geometrically: a lookup visits O(log n) of them and
         # each entry is merged O(log n) times (a log-structured merge of sorted arrays).
         self._runs: list[Entries] = []
         self._seen_version = 0
         self._opened = False
-        #: entries in the store's index file as this process last read or wrote it
-        self._saved_entries = 0
+        # what this process knows of the saved segments, and the entries added since
+        self._saved_upto = 0
+        self._saved_first = 0
+        self._saved_later = 0
+        self._unsaved: list[Entries] = []
 
     def stored_rows(self, keys: exp.Expr, *, table: str | None = None) -> exp.Expr:
         """A condition on ``stored_events`` rows (under alias ``table``) that holds for every
         stored row of the keys ``keys`` selects (a query with an ``idempotency_key`` column):
         timestamp ranges of whole UTC days, or FALSE when none of the keys was ever stored.
 
-        The first lookup of a process starts from the store's index file when it is usable
-        (see :meth:`_open`).
+        The first lookup of a process starts from the store's saved segments that are usable
+        (see :meth:`_Segments.chain`).
         """
+        committed = self._storage.one(newest_version())
+        assert committed is not None
+        newest = int(committed[0])
         if not self._opened:
             self._opened = True
-            self._open()
-        self._catch_up()
+            self._open(newest)
+        self._catch_up(newest)
         days = self._days_of(self._prefixes(keys))
         if len(days) and days[-1] == _ANY_DAY:
             return exp.true()
@@ -137,15 +150,14 @@ class KeyIndex:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _catch_up(self) -> None:
-        """Add the rows of every commit after the last one seen, up to the newest committed in
-        the caller's transaction (its own commit is recorded last, so never included)."""
-        committed = self._storage.one(newest_version())
-        assert committed is not None
-        newest = int(committed[0])
+    def _catch_up(self, newest: int) -> None:
+        """Add the rows of every commit after the last one seen, up to ``newest``, the newest
+        committed in the caller's transaction (its own commit is recorded last, so never
+        included)."""
         if newest < self._seen_version:
             # the version log went back: the store was emptied or restored from a copy
-            self._runs, self._seen_version, self._saved_entries = [], 0, 0
+            self._runs, self._seen_version, self._unsaved = [], 0, []
+            self._saved_upto = self._saved_first = self._saved_later = 0
         if newest == self._seen_version:
             return
         entries = self._storage.arrow(
@@ -159,87 +171,39 @@ class KeyIndex:
             )
         ).column("entry")
         if len(entries):
-            self._add(entries.to_numpy())
+            run = entries.to_numpy()
+            self._add(run)
+            self._unsaved.append(run)
         self._seen_version = newest
-        unsaved = sum(len(run) for run in self._runs) - self._saved_entries
-        if unsaved >= max(self._save_at_least, self._saved_entries // 8):
+        if sum(len(run) for run in self._unsaved) >= self._save_at_least:
             self._save()
 
-    def _open(self) -> None:
-        """Start from the store's index file if it describes this store's history: written at a
-        DuckLake snapshot the store still has (same id, same commit time), after which no
-        stored row was removed, for a version the caller's transaction sees, by this layout
-        and this DuckDB hash, and whole. Anything else (no file, a copy from another history,
-        an emptied store, a torn file) is ignored: the index is then built from the stored
-        rows, which is always correct, only slower."""
-        try:
-            words = np.fromfile(self._file, dtype=_ON_DISK).astype(np.uint64, copy=False)
-        except (OSError, ValueError):
-            return
-        if len(words) < _HEADER_WORDS:
-            return
-        header, entries = words[:_HEADER_WORDS], words[_HEADER_WORDS:]
-        magic, layout, probe, version, snapshot, snapshot_us, count, checksum = (
-            int(word) for word in header
-        )
-        if (
-            (magic, layout, probe) != (_MAGIC, _LAYOUT, self._hash_probe())
-            or count != len(entries)
-            or checksum != _checksum(entries)
-            or self._storage.one(snapshot_identity(snapshot)) != (snapshot, snapshot_us)
-            or self._storage.one(rows_removed_since(STORED_EVENTS, snapshot)) != (0,)
-        ):
-            return
-        committed = self._storage.one(newest_version())
-        if committed is None or version > int(committed[0]):
-            return  # written by a process that saw commits this transaction does not
-        self._runs, self._seen_version, self._saved_entries = [entries], version, count
+    def _open(self, newest: int) -> None:
+        chain = self._saved.chain(newest=newest)
+        for segment in chain:
+            self._add(segment.entries)
+        if chain:
+            self._seen_version = self._saved_upto = chain[-1].upto
+            self._saved_first = len(chain[0].entries)
+            self._saved_later = sum(len(segment.entries) for segment in chain[1:])
 
     def _save(self) -> None:
-        """Write the index, as one sorted run, to the store's index file (atomically: another
-        process sees the old file or the new one). A cache: if it cannot be written, the next
-        process builds the index again."""
-        identity = self._storage.one(snapshot_identity())
-        if identity is None:
-            return
-        while len(self._runs) > 1:
-            newer = self._runs.pop()
-            self._runs.append(_merged(self._runs.pop(), newer))
-        entries = self._runs[0] if self._runs else np.empty(0, dtype=np.uint64)
-        header = np.array(
-            [
-                _MAGIC,
-                _LAYOUT,
-                self._hash_probe(),
-                self._seen_version,
-                identity[0],
-                identity[1],
-                len(entries),
-                _checksum(entries),
-            ],
-            dtype=np.uint64,
-        )
-        try:
-            handle, scratch = tempfile.mkstemp(dir=self._storage.path / "tmp", prefix=INDEX_FILE)
-        except OSError:
-            return
-        try:
-            with os.fdopen(handle, "wb") as out:
-                header.astype(_ON_DISK).tofile(out)
-                entries.astype(_ON_DISK, copy=False).tofile(out)
-            os.replace(scratch, self._file)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(scratch)
-            return
-        self._saved_entries = len(entries)
-
-    def _hash_probe(self) -> int:
-        """DuckDB's hash of a fixed string: a file written by a DuckDB whose ``hash()`` differs
-        would give wrong prefixes."""
-        row = self._storage.one(exp.select(exp.func("hash", exp.Literal.string(_PROBE))))
-        assert row is not None
-        return int(row[0])
+        """Save the entries added since the last segment as a segment of their own, or, when
+        the later segments would reach an eighth of the first, everything as one segment."""
+        unsaved = sum(len(run) for run in self._unsaved)
+        if self._saved_later + unsaved >= self._saved_first // 8:
+            while len(self._runs) > 1:
+                newer = self._runs.pop()
+                self._runs.append(_merged(self._runs.pop(), newer))
+            if not self._saved.write(0, self._seen_version, self._runs[0], replace_all=True):
+                return
+            self._saved_first, self._saved_later = len(self._runs[0]), 0
+        else:
+            run = np.sort(np.concatenate(self._unsaved))
+            if not self._saved.write(self._saved_upto, self._seen_version, run):
+                return
+            self._saved_later += len(run)
+        self._saved_upto, self._unsaved = self._seen_version, []
 
     def _add(self, run: Entries) -> None:
         self._runs.append(run)
@@ -276,6 +240,112 @@ class KeyIndex:
         if not found:
             return np.empty(0, dtype=np.int64)
         return np.unique(np.concatenate(found))
+
+
+@dataclass(frozen=True)
+class _Segment:
+    after: int
+    upto: int
+    entries: Entries
+    snapshot: int
+
+
+class _Segments:
+    """The saved segments of a store's index. A cache: what cannot be read or written is
+    ignored, and the index is then read from the stored rows, which is always correct."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._folder = storage.path / INDEX_FOLDER
+        self._probe: int | None = None
+
+    def chain(self, *, newest: int) -> list[_Segment]:
+        """The longest run of usable segments from version 0 on, each starting where the last
+        ended (the widest first). A segment is usable if it was written at a DuckLake snapshot
+        the store still has (same id, same commit time), for versions the caller's transaction
+        sees, by this layout and this DuckDB hash, and is whole; and only if no stored row was
+        removed after any of them was written (an emptied store)."""
+        starting: dict[int, list[tuple[int, Path]]] = {}
+        with contextlib.suppress(OSError):
+            for path in self._folder.iterdir():
+                name = _SEGMENT_NAME.fullmatch(path.name)
+                if name and int(name[1]) < int(name[2]) <= newest:
+                    starting.setdefault(int(name[1]), []).append((int(name[2]), path))
+        chain: list[_Segment] = []
+        after = 0
+        while after in starting:
+            for upto, path in sorted(starting[after], reverse=True):
+                segment = self._read(path, after, upto)
+                if segment is not None:
+                    chain.append(segment)
+                    after = upto
+                    break
+            else:
+                break
+        if chain:
+            earliest = min(segment.snapshot for segment in chain)
+            if self._storage.one(rows_removed_since(STORED_EVENTS, earliest)) != (0,):
+                return []
+        return chain
+
+    def write(self, after: int, upto: int, entries: Entries, *, replace_all: bool = False) -> bool:
+        """Save ``entries`` as the segment of versions ``after`` < v <= ``upto``, atomically
+        (another process sees the whole file or none); with ``replace_all``, remove every other
+        segment. False if it could not be written."""
+        identity = self._storage.one(snapshot_identity())
+        if identity is None:
+            return False
+        words = [_MAGIC, _LAYOUT, self._hash_probe(), after, upto, *identity, len(entries)]
+        header = np.array([*words, _checksum(entries)], dtype=np.uint64)
+        target = self._folder / f"{after}-{upto}.bin"
+        try:
+            self._folder.mkdir(exist_ok=True)
+            handle, scratch = tempfile.mkstemp(dir=self._storage.path / "tmp", prefix="key_index")
+        except OSError:
+            return False
+        try:
+            with os.fdopen(handle, "wb") as out:
+                header.astype(_ON_DISK).tofile(out)
+                entries.astype(_ON_DISK, copy=False).tofile(out)
+            os.replace(scratch, target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(scratch)
+            return False
+        if replace_all:
+            with contextlib.suppress(OSError):
+                for path in self._folder.iterdir():
+                    if path != target and _SEGMENT_NAME.fullmatch(path.name):
+                        path.unlink(missing_ok=True)
+        return True
+
+    def _read(self, path: Path, after: int, upto: int) -> _Segment | None:
+        try:
+            words = np.fromfile(path, dtype=_ON_DISK).astype(np.uint64, copy=False)
+        except (OSError, ValueError):
+            return None
+        if len(words) < _HEADER_WORDS:
+            return None
+        header, entries = words[:_HEADER_WORDS], words[_HEADER_WORDS:]
+        expected = (_MAGIC, _LAYOUT, self._hash_probe(), after, upto)
+        magic, layout, probe, first, last, snapshot, snapshot_us, count, checksum = map(int, header)
+        if (
+            (magic, layout, probe, first, last) != expected
+            or count != len(entries)
+            or checksum != _checksum(entries)
+            or self._storage.one(snapshot_identity(snapshot)) != (snapshot, snapshot_us)
+        ):
+            return None
+        return _Segment(after, upto, entries, snapshot)
+
+    def _hash_probe(self) -> int:
+        """DuckDB's hash of a fixed string: a segment written by a DuckDB whose ``hash()``
+        differs would give wrong prefixes."""
+        if self._probe is None:
+            row = self._storage.one(exp.select(exp.func("hash", exp.Literal.string(_PROBE))))
+            assert row is not None
+            self._probe = int(row[0])
+        return self._probe
 
 
 def _checksum(entries: Entries) -> int:

@@ -16,7 +16,7 @@ from procs.common import NOW, FakeClock
 from sqlglot import exp
 
 import engine
-from engine.keys import INDEX_FILE, KeyIndex, _day_ranges, _merged
+from engine.keys import INDEX_FOLDER, KeyIndex, _day_ranges, _merged
 from engine.queries import bind, snapshot_identity, table_ref
 from engine.schema import STORED_EVENTS
 
@@ -77,18 +77,32 @@ def _lookup(store: engine.Store, index: KeyIndex, *keys: str) -> exp.Expr:
         return index.stored_rows(_keys(*keys))
 
 
-def _index_file(folder: Path) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    """(header, entries) of a store's saved key index."""
-    words = np.fromfile(folder / INDEX_FILE, dtype="<u8").astype(np.uint64)
-    return words[:8], words[8:]
+def _segments(folder: Path) -> list[tuple[int, int, Path]]:
+    """(after, upto, path) of a store's saved index segments, in order."""
+    named = ((path.stem.split("-"), path) for path in (folder / INDEX_FOLDER).glob("*.bin"))
+    return sorted((int(after), int(upto), path) for (after, upto), path in named)
 
 
-def _write_index_file(folder: Path, header: npt.NDArray[np.uint64], entries: list[int]) -> None:
-    """Rewrite a saved key index with other entries, count and checksum made to match."""
+def _read(segment: Path) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    words = np.fromfile(segment, dtype="<u8").astype(np.uint64)
+    return words[:9], words[9:]
+
+
+def _rewrite(segment: Path, entries: list[int]) -> None:
+    """Give a segment other entries, with the count and checksum to match."""
+    header = _read(segment)[0].copy()
     run = np.array(sorted(entries), dtype=np.uint64)
-    header = header.copy()
-    header[6], header[7] = len(run), np.add.reduce(run, dtype=np.uint64)
-    np.concatenate([header, run]).astype("<u8").tofile(folder / INDEX_FILE)
+    header[7], header[8] = len(run), np.add.reduce(run, dtype=np.uint64)
+    np.concatenate([header, run]).astype("<u8").tofile(segment)
+
+
+def _add_ghost(store: engine.Store, segment: Path, key: str, day: int) -> str:
+    """Add to a segment an entry for ``key`` on ``day`` (days since 1970) that no stored row
+    has: an index that then narrows ``key`` to that day read the segment. Returns how the
+    condition spells the day's start."""
+    (prefix,) = KeyIndex(store._storage)._prefixes(_keys(key))
+    _rewrite(segment, [*map(int, _read(segment)[1]), int(prefix) | (day + (1 << 16))])
+    return f"'{datetime(1970, 1, 1) + timedelta(days=day)}'"
 
 
 def test_the_first_lookup_builds_the_index_and_a_small_one_stays_unsaved(
@@ -99,34 +113,43 @@ def test_the_first_lookup_builds_the_index_and_a_small_one_stays_unsaved(
         index = fresh._context.keys
         assert _lookup(fresh, index, "unknown") == exp.false()
         assert sum(len(run) for run in index._runs) == 1
-    assert not (store_path / INDEX_FILE).exists()  # under SAVE_AT_LEAST entries
+    assert _segments(store_path) == []  # under SAVE_AT_LEAST entries
 
 
-def test_a_later_process_starts_from_the_saved_index_and_reads_only_newer_commits(
+def test_a_later_process_starts_from_the_saved_segments_and_reads_only_newer_commits(
     store_path: Path, clock: FakeClock
 ) -> None:
     day = BASE.replace(hour=0, minute=0, second=0, microsecond=0)
     with engine.open(store_path, clock=clock) as store:
-        store.ingest([_event("live", NOW - timedelta(hours=1))])
+        store.ingest([_event(f"k{n}", NOW - timedelta(hours=1, minutes=n)) for n in range(24)])
         _backfill(store, day, [_event("old", day + timedelta(hours=3))])
-        first = KeyIndex(store._storage, save_at_least=1)
-        _lookup(store, first, "live")
-        header, entries = _index_file(store_path)
-        assert (int(header[3]), len(entries)) == (2, 2)  # versions 1-2, one row each
-        # an entry only the file holds: a later index that answers with its day read the file
-        ghost_day = 30
-        (ghost,) = first._prefixes(_keys("ghost"))
-        _write_index_file(store_path, header, [*entries, int(ghost) | (ghost_day + (1 << 16))])
-        store.ingest([_event("newer", NOW - timedelta(minutes=5))])
+        _lookup(store, KeyIndex(store._storage, save_at_least=1), "k0")
+        ((after, first_upto, first),) = _segments(store_path)
+        assert (after, len(_read(first)[1])) == (0, 25)
+        ghost_day = _add_ghost(store, first, "ghost", 30)
 
+        # one more row: under an eighth of the first segment, so a segment of its own
+        store.ingest([_event("newer", NOW - timedelta(minutes=30))])
+        _lookup(store, KeyIndex(store._storage, save_at_least=1), "k0")
+        (_, (after, _, second)) = _segments(store_path)
+        assert (after, len(_read(second)[1])) == (first_upto, 1)
+        second_ghost_day = _add_ghost(store, second, "second-ghost", 31)
+
+        store.ingest([_event("newest", NOW - timedelta(minutes=5))])
         later = KeyIndex(store._storage, save_at_least=10**9)
-        ghost_start = datetime(1970, 1, 1) + timedelta(days=ghost_day)
-        assert f"'{ghost_start}'" in _lookup(store, later, "ghost").sql(dialect="duckdb")
-        for key in ("live", "old", "newer"):
+        assert ghost_day in _lookup(store, later, "ghost").sql(dialect="duckdb")
+        assert second_ghost_day in _lookup(store, later, "second-ghost").sql(dialect="duckdb")
+        for key in ("k0", "k23", "old", "newer", "newest"):
             assert _rows_kept(store, _lookup(store, later, key), key) == (1, 1), key
 
+        # later segments reaching an eighth of the first: one segment of everything instead
+        store.ingest([_event("last", NOW - timedelta(minutes=4))])
+        _lookup(store, KeyIndex(store._storage, save_at_least=1), "k0")
+        ((after, _, whole),) = _segments(store_path)
+        assert (after, len(_read(whole)[1])) == (0, 24 + 1 + 3 + 2)  # and the two ghosts
 
-def test_an_index_file_from_another_history_is_never_used(tmp_path: Path, clock: FakeClock) -> None:
+
+def test_an_index_from_another_history_is_never_used(tmp_path: Path, clock: FakeClock) -> None:
     """Two copies of one store written to apart reach the same versions and DuckLake snapshot
     ids; only the snapshots' commit times tell the histories apart."""
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
@@ -139,10 +162,13 @@ def test_an_index_file_from_another_history_is_never_used(tmp_path: Path, clock:
         _lookup(store, KeyIndex(store._storage, save_at_least=1), "shared")
     with engine.open(ours, clock=clock) as store:
         _backfill(store, day + timedelta(days=3), [_event("ours", day + timedelta(days=3))])
-        shutil.copy(theirs / INDEX_FILE, ours / INDEX_FILE)
-        header, _ = _index_file(ours)
-        snapshot = int(header[4])
-        assert store._storage.one(snapshot_identity(snapshot)) not in (None, (snapshot, header[5]))
+        shutil.copytree(theirs / INDEX_FOLDER, ours / INDEX_FOLDER)
+        ((_, _, segment),) = _segments(ours)
+        snapshot, snapshot_us = map(int, _read(segment)[0][5:7])
+        assert store._storage.one(snapshot_identity(snapshot)) not in (
+            None,
+            (snapshot, snapshot_us),
+        )
         index = KeyIndex(store._storage)
         for key in ("shared", "ours"):
             assert _rows_kept(store, _lookup(store, index, key), key) == (1, 1), key
@@ -150,23 +176,21 @@ def test_an_index_file_from_another_history_is_never_used(tmp_path: Path, clock:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "altered", "rows deleted since"])
-def test_a_damaged_or_outdated_index_file_is_not_used(
+def test_a_damaged_or_outdated_segment_is_not_used(
     store_path: Path, clock: FakeClock, damage: str
 ) -> None:
     with engine.open(store_path, clock=clock) as store:
         for n in range(3):
             store.ingest([_event(f"k{n}", NOW - timedelta(hours=1 + n))])
         _lookup(store, KeyIndex(store._storage, save_at_least=1), "k0")
-        header, entries = _index_file(store_path)
+        ((_, _, segment),) = _segments(store_path)
+        header, entries = _read(segment)
         if damage == "truncated":
-            _write_index_file(store_path, header, [int(e) for e in entries])
-            with (store_path / INDEX_FILE).open("r+b") as file:
-                file.truncate((8 + len(entries) - 1) * 8)
+            with segment.open("r+b") as file:
+                file.truncate((len(header) + len(entries) - 1) * 8)
         elif damage == "altered":
-            np.concatenate([header, np.zeros_like(entries)]).astype("<u8").tofile(
-                store_path / INDEX_FILE
-            )
-        else:  # emptied (as the test fixture does) and written again past the file's version
+            np.concatenate([header, np.zeros_like(entries)]).astype("<u8").tofile(segment)
+        else:  # emptied (as the test fixture does) and written again past the segment's version
             storage = store._storage
             with storage.write():
                 for table in ("stored_events", "commits"):
