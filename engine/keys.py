@@ -47,8 +47,10 @@ __all__ = ["INDEX_FOLDER", "SAVE_AT_LEAST", "KeyIndex"]
 #: The saved index: a folder of the store holding its segments.
 INDEX_FOLDER = "key_index"
 #: Entries not yet saved that make a process write a segment. When the segments after the first
-#: would hold an eighth of the first one's entries, the process writes one segment of everything
-#: instead and removes the others, so the bytes written stay a small multiple of the index.
+#: would hold as many entries as the first, the process writes one segment of everything instead
+#: and removes the others: that merge and write cost time in the order of the whole index (3-10
+#: s at 100M events), so they happen only each time the store doubles, and the bytes written over
+#: a store's life stay about twice the index.
 SAVE_AT_LEAST = 1 << 20
 
 _EPOCH = datetime(1970, 1, 1)
@@ -189,9 +191,9 @@ class KeyIndex:
 
     def _save(self) -> None:
         """Save the entries added since the last segment as a segment of their own, or, when
-        the later segments would reach an eighth of the first, everything as one segment."""
+        the later segments would hold as many entries as the first, everything as one segment."""
         unsaved = sum(len(run) for run in self._unsaved)
-        if self._saved_later + unsaved >= self._saved_first // 8:
+        if self._saved_later + unsaved >= self._saved_first:
             while len(self._runs) > 1:
                 newer = self._runs.pop()
                 self._runs.append(_merged(self._runs.pop(), newer))

@@ -128,7 +128,7 @@ def test_a_later_process_starts_from_the_saved_segments_and_reads_only_newer_com
         assert (after, len(_read(first)[1])) == (0, 25)
         ghost_day = _add_ghost(store, first, "ghost", 30)
 
-        # one more row: under an eighth of the first segment, so a segment of its own
+        # one more row: fewer than the first segment holds, so a segment of its own
         store.ingest([_event("newer", NOW - timedelta(minutes=30))])
         _lookup(store, KeyIndex(store._storage, save_at_least=1), "k0")
         (_, (after, _, second)) = _segments(store_path)
@@ -142,11 +142,11 @@ def test_a_later_process_starts_from_the_saved_segments_and_reads_only_newer_com
         for key in ("k0", "k23", "old", "newer", "newest"):
             assert _rows_kept(store, _lookup(store, later, key), key) == (1, 1), key
 
-        # later segments reaching an eighth of the first: one segment of everything instead
-        store.ingest([_event("last", NOW - timedelta(minutes=4))])
+        # later segments reaching the first one's size: one segment of everything instead
+        store.ingest([_event(f"m{n}", NOW - timedelta(minutes=4, seconds=n)) for n in range(24)])
         _lookup(store, KeyIndex(store._storage, save_at_least=1), "k0")
         ((after, _, whole),) = _segments(store_path)
-        assert (after, len(_read(whole)[1])) == (0, 24 + 1 + 3 + 2)  # and the two ghosts
+        assert (after, len(_read(whole)[1])) == (0, 24 + 1 + 2 + 24 + 2)  # and the two ghosts
 
 
 def test_an_index_from_another_history_is_never_used(tmp_path: Path, clock: FakeClock) -> None:
