@@ -48,9 +48,9 @@ __all__ = ["INDEX_FOLDER", "SAVE_AT_LEAST", "KeyIndex"]
 INDEX_FOLDER = "key_index"
 #: Entries not yet saved that make a process write a segment. When the segments after the first
 #: would hold as many entries as the first, the process writes one segment of everything instead
-#: and removes the others: that merge and write cost time in the order of the whole index (3-10
-#: s at 100M events), so they happen only each time the store doubles, and the bytes written over
-#: a store's life stay about twice the index.
+#: and removes the others: that merge and write take time in the order of the whole index (9.4 s
+#: at 100M events in a process near the machine's memory limit), so they happen only each time
+#: the store doubles, and the bytes written over a store's life stay about twice the index.
 SAVE_AT_LEAST = 1 << 20
 
 _EPOCH = datetime(1970, 1, 1)
