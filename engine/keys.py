@@ -177,7 +177,8 @@ class KeyIndex:
             self._add(run)
             self._unsaved.append(run)
         self._seen_version = newest
-        if sum(len(run) for run in self._unsaved) >= self._save_at_least:
+        unsaved = sum(len(run) for run in self._unsaved)
+        if unsaved and unsaved >= self._save_at_least:
             self._save()
 
     def _open(self, newest: int) -> None:

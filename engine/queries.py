@@ -785,8 +785,8 @@ WHERE c.snapshot_id > :snapshot AND t.table_name = :table
 
 
 def rows_removed_since(table: Table, snapshot_id: int) -> exp.Expr:
-    """How many DuckLake snapshots after ``snapshot_id`` changed ``table`` in a way that may
-    have removed rows (a delete, a drop, anything but an insert or a compaction)."""
+    """How many changes that DuckLake recorded for ``table`` after snapshot ``snapshot_id`` may
+    have removed rows (a delete, a drop: anything but an insert or a compaction)."""
     return bind(
         _CHANGES_SINCE,
         snapshot=snapshot_id,
