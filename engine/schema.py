@@ -155,6 +155,12 @@ METRICS = Table(
     ),
 )
 
+# Usage cells by day of their bucket, as events are by day: a commit replaces the cells of the
+# days it touched, so its delete reads and marks only those days' files. Unpartitioned, every
+# file of the initial materialization spans all history, and the delete of a 1-day close read
+# and marked all of them (0.24 of 0.95 s at 10M events, 1 000 customers; 0.05 s partitioned).
+_BY_DAY_OF_BUCKET = ("year(bucket)", "month(bucket)", "day(bucket)")
+
 # Materialized usage: per metric, per customer (as the events name it), per UTC hour and group,
 # the partial aggregates that merge exactly into any coarser window.
 USAGE_CELLS = Table(
@@ -173,6 +179,7 @@ USAGE_CELLS = Table(
         ("minimum", "DOUBLE"),
         ("maximum", "DOUBLE"),
     ),
+    partitioned_by=_BY_DAY_OF_BUCKET,
 )
 
 # For count(DISTINCT x): the distinct values per cell, so any window's count stays exact.
@@ -187,6 +194,7 @@ USAGE_DISTINCT = Table(
         ("group_value", "VARCHAR"),
         ("value", "VARCHAR"),
     ),
+    partitioned_by=_BY_DAY_OF_BUCKET,
 )
 
 TABLES: tuple[Table, ...] = (

@@ -233,6 +233,10 @@ def _distinct_values(metric: _Registered, source: str) -> exp.Select:
     )
 
 
+def _union(selects: list[exp.Select]) -> exp.Query:
+    return selects[0] if len(selects) == 1 else exp.union(*selects, distinct=False)
+
+
 def _numeric(parsed: ParsedMetric) -> bool:
     return parsed.aggregate in (Aggregate.SUM, Aggregate.MIN, Aggregate.MAX, Aggregate.AVG)
 
@@ -556,15 +560,22 @@ class Usage:
 
     def _insert_cells(self, metrics: list[_Registered], source: str) -> None:
         storage = self._context.storage
-        # One INSERT per metric on purpose. One for all metrics (fewer, larger files) led DuckLake
-        # to rewrite delete files into partial ones, and a reader in another process that read
-        # during such a rewrite missed those deletes (RELIABILITY.md, "DuckLake partial deletes").
-        for metric in metrics:
-            storage.execute(insert_rows(USAGE_CELLS, _cells(metric, source), _CELL_COLUMNS))
-            if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT:
-                storage.execute(
-                    insert_rows(USAGE_DISTINCT, _distinct_values(metric, source), _DISTINCT_COLUMNS)
+        # One INSERT for all metrics: each INSERT writes a file per day partition it touches,
+        # and a commit's cost grows with the files it adds. The partial delete files that
+        # larger files led DuckLake to write are read safely since Storage.consistent_read
+        # (RELIABILITY.md, "DuckLake partial deletes").
+        storage.execute(
+            insert_rows(USAGE_CELLS, _union([_cells(m, source) for m in metrics]), _CELL_COLUMNS)
+        )
+        distinct = [m for m in metrics if m.parsed.aggregate is Aggregate.COUNT_DISTINCT]
+        if distinct:
+            storage.execute(
+                insert_rows(
+                    USAGE_DISTINCT,
+                    _union([_distinct_values(m, source) for m in distinct]),
+                    _DISTINCT_COLUMNS,
                 )
+            )
 
     def rebuild(
         self, metric_ids: list[str] | None = None, *, progress: Progress | None = None

@@ -104,6 +104,8 @@ CREATE TABLE IF NOT EXISTS lake.main.usage_cells (
   maximum DOUBLE
 );
 
+ALTER TABLE lake.main.usage_cells SET PARTITIONED BY (YEAR(bucket), MONTH(bucket), DAY(bucket));
+
 CREATE TABLE IF NOT EXISTS lake.main.usage_distinct (
   metric_id TEXT,
   customer_key TEXT,
@@ -113,3 +115,5 @@ CREATE TABLE IF NOT EXISTS lake.main.usage_distinct (
   group_value TEXT,
   value TEXT
 );
+
+ALTER TABLE lake.main.usage_distinct SET PARTITIONED BY (YEAR(bucket), MONTH(bucket), DAY(bucket));
