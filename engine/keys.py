@@ -232,12 +232,15 @@ class KeyIndex:
         for run in self._runs:
             # sorted needles: each search starts where the last ended (3x faster at 10M)
             first = np.searchsorted(run, prefixes, side="left")
-            last = np.searchsorted(run, prefixes | _DAY_MASK, side="right")
-            counts = last - first
-            hits = counts > 0
+            # A key is found when the entry it would precede has its prefix. Most looked-up keys
+            # are new, so only the found ones are searched for the end of their entries.
+            hits = np.zeros(len(prefixes), dtype=bool)
+            inside = first < len(run)
+            hits[inside] = (run[first[inside]] & _PREFIX_MASK) == prefixes[inside]
             if not hits.any():
                 continue
-            first, counts = first[hits], counts[hits]
+            first = first[hits]
+            counts = np.searchsorted(run, prefixes[hits] | _DAY_MASK, side="right") - first
             # every position first[i] .. first[i] + counts[i] - 1, without a Python loop
             offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
             found.append((run[np.repeat(first, counts) + offsets] & _DAY_MASK).astype(np.int64))
