@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,13 +25,14 @@ from engine.ingest import Ingestor
 from engine.models import Backfill, BackfillStatus, IngestResult, Page
 from engine.queries import (
     bind,
+    create_temp_table,
     customer_keys_of,
     deprecation_rows,
     insert_rows,
     supersession_rows,
     table_ref,
 )
-from engine.schema import BACKFILLS, DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS, SUPERSESSIONS
+from engine.schema import BACKFILLS, DEPRECATIONS, STORED_EVENTS, SUPERSESSIONS
 from engine.usage import Replacement, Usage
 
 __all__ = ["Backfills"]
@@ -49,6 +51,9 @@ _COLUMNS = [
     "replace_existing_events",
     "deprecation_filter",
 ]
+
+#: The temp table a close holds the rows it promotes in.
+_PROMOTED = "promoted_rows"
 
 _PROMOTE_STAGED = """
 SELECT idempotency_key, event_name, "timestamp", customer_id, external_customer_id, properties,
@@ -347,7 +352,10 @@ class Backfills:
             context.record_commit(
                 version, "close", backfill_id=backfill.id, events=backfill.events_ingested, at=now
             )
-            return self.get(backfill_id)
+            # what get() would read back, without the statement
+            return dataclasses.replace(
+                backfill, status=BackfillStatus.REFLECTED, close_time=from_storage(now)
+            )
 
     def preview(self, backfill_id: str) -> pl.DataFrame:
         """What closing a pending backfill would change, without changing anything.
@@ -392,27 +400,26 @@ class Backfills:
                 before_version=version,
             )
             storage.execute(insert_rows(DEPRECATIONS, deprecated))
-        staged_keys = (
-            exp.select("idempotency_key")
-            .from_(table_ref(STAGED_EVENTS))
-            .where(exp.column("backfill_id").eq(exp.convert(backfill.id)))
+        # The staged rows as they will be stored, read once from the lake: the supersessions,
+        # the stored rows and the usage refresh all read them.
+        storage.execute(
+            create_temp_table(
+                _PROMOTED, bind(_PROMOTE_STAGED, version=version, backfill_id=backfill.id)
+            )
         )
+        promoted_keys = exp.select("idempotency_key").from_(_PROMOTED)
         storage.execute(
             insert_rows(
                 SUPERSESSIONS,
                 supersession_rows(
-                    newer=staged_keys,
+                    newer=promoted_keys,
                     by_version=version,
                     by_backfill_id=backfill.id,
-                    stored_restriction=self._context.keys.stored_rows(staged_keys, table="s"),
+                    stored_restriction=self._context.keys.stored_rows(promoted_keys, table="s"),
                 ),
             )
         )
-        storage.execute(
-            insert_rows(
-                STORED_EVENTS, bind(_PROMOTE_STAGED, version=version, backfill_id=backfill.id)
-            )
-        )
+        storage.execute(insert_rows(STORED_EVENTS, exp.select("*").from_(_PROMOTED)))
         storage.execute(
             bind("DELETE FROM lake.main.staged_events WHERE backfill_id = :id", id=backfill.id)
         )
@@ -427,7 +434,9 @@ class Backfills:
         )
         self._usage.refresh_changed(
             backfill_id=backfill.id,
+            close_version=version,
             timeframe=_timeframe(backfill),
+            promoted=_PROMOTED,
             replacement=_replacement(backfill),
             capture_before=capture_before,
         )
@@ -496,7 +505,18 @@ class Backfills:
                         id=backfill_id,
                     )
                 )
-                self._usage.refresh_changed(backfill_id=backfill_id, timeframe=_timeframe(backfill))
+                closed = storage.one(
+                    bind(
+                        "SELECT close_version FROM lake.main.backfills WHERE id = :id",
+                        id=backfill_id,
+                    )
+                )
+                assert closed is not None
+                self._usage.refresh_changed(
+                    backfill_id=backfill_id,
+                    close_version=int(closed[0]),
+                    timeframe=_timeframe(backfill),
+                )
                 context.record_commit(version, "revert", backfill_id=backfill_id)
         return self.finish_revert(backfill_id)
 

@@ -65,10 +65,9 @@ SELECT customer_id, external_customer_id, "timestamp"
 FROM lake.main.supersessions WHERE superseded_by = :version
 """
 
+# `promoted`: the rows the backfill's close wrote (see Usage.refresh_changed).
 _TOUCHED_BY_BACKFILL = """
-SELECT customer_id, external_customer_id, "timestamp"
-FROM lake.main.stored_events
-WHERE version = :close_version AND backfill_id = :backfill_id
+SELECT customer_id, external_customer_id, "timestamp" FROM promoted
 UNION ALL
 SELECT customer_id, external_customer_id, "timestamp"
 FROM lake.main.supersessions WHERE by_backfill_id = :backfill_id
@@ -89,22 +88,27 @@ _AFFECTED_UNITS = """
 SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
 """
 
+# The rows a backfill's close wrote, read back from the store (by a revert).
+_PROMOTED_BY_CLOSE = """
+SELECT customer_id, external_customer_id, "timestamp"
+FROM lake.main.stored_events WHERE version = :close_version AND backfill_id = :backfill_id
+"""
+
 # The rows a backfill's close promoted (joined to the units they alone fill by _Promoted.rows).
 _PROMOTED_IN_UNITS = """
 SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, l.external_customer_id,
        l.properties, l.version, l.backfill_id
-FROM lake.main.stored_events AS l
-WHERE l.version = :version AND l.backfill_id = :backfill_id
-  AND l."timestamp" >= :start AND l."timestamp" < :end
+FROM promoted AS l
+WHERE l."timestamp" >= :start AND l."timestamp" < :end
 """
 
 
 @dataclass(frozen=True)
 class _Promoted:
-    """The rows a closing :class:`Replacement` promoted, and the units they alone fill."""
+    """The rows a closing :class:`Replacement` promoted (table ``rows_table``), and the units
+    they alone fill."""
 
-    version: int
-    backfill_id: str
+    rows_table: str
     start: datetime
     end: datetime
     customer_keys: tuple[str, ...] | None
@@ -124,10 +128,9 @@ class _Promoted:
     def rows(self, *, units: str) -> exp.Select:
         query = bind(
             _PROMOTED_IN_UNITS,
-            version=self.version,
-            backfill_id=self.backfill_id,
             start=self.start,
             end=self.end,
+            ctes={"promoted": exp.select("*").from_(self.rows_table)},
         )
         assert isinstance(query, exp.Select)
         return query.join(units_join(units, table="l"))
@@ -433,20 +436,25 @@ class Usage:
         written: exp.Expr | None = None,
         superseding: bool = True,
         backfill_id: str | None = None,
+        close_version: int | None = None,
         timeframe: tuple[datetime, datetime] | None = None,
+        promoted: str | None = None,
         replacement: Replacement | None = None,
         capture_before: bool = False,
     ) -> None:
-        """Re-aggregate the units a commit touched: rows written at ``version``, or the rows of
-        backfill ``backfill_id`` and those it deprecates (within ``timeframe``).
+        """Re-aggregate the units a commit touched: rows written at ``version``, or the rows
+        backfill ``backfill_id`` wrote when it closed at ``close_version`` and those it
+        deprecates (within ``timeframe``).
 
         For a version, ``written`` may select the rows the commit wrote (``customer_id``,
         ``external_customer_id``, ``timestamp``) from where the writer still has them, and
         ``superseding=False`` says none of them superseded a stored row: each spares a scan of
         a lake table (10-20 ms of DuckLake catalog work even when it finds nothing).
 
-        ``replacement`` says that the closing backfill replaces all of its timeframe and scope
-        (see :class:`Replacement`); not for a revert.
+        A close names the temp table holding the rows it promoted, as stored, in ``promoted``
+        (reading them back from the store costs a scan of the lake table), and says in
+        ``replacement`` that it replaces all of its timeframe and scope (see
+        :class:`Replacement`). A revert gives neither.
 
         ``capture_before`` keeps the cells of the touched (customer, day)s as they were, in
         the temp tables ``before_cells`` and ``before_distinct``, for :meth:`preview_diff`.
@@ -455,24 +463,24 @@ class Usage:
         if not metrics:
             return
         storage = self._context.storage
-        promoted: _Promoted | None = None
+        replaced: _Promoted | None = None
         if backfill_id is not None:
-            assert timeframe is not None
-            close_version = storage.one(
-                bind("SELECT close_version FROM lake.main.backfills WHERE id = :id", id=backfill_id)
+            assert timeframe is not None and close_version is not None
+            promoted_rows = (
+                exp.select("*").from_(promoted)
+                if promoted is not None
+                else bind(_PROMOTED_BY_CLOSE, close_version=close_version, backfill_id=backfill_id)
             )
-            assert close_version is not None
             touched = bind(
                 _TOUCHED_BY_BACKFILL,
                 backfill_id=backfill_id,
-                close_version=close_version[0],
                 start=timeframe[0],
                 end=timeframe[1],
+                ctes={"promoted": promoted_rows},
             )
             if replacement is not None:
-                promoted = _Promoted(
-                    int(close_version[0]), backfill_id, *timeframe, replacement.customer_keys
-                )
+                assert promoted is not None
+                replaced = _Promoted(promoted, *timeframe, replacement.customer_keys)
         else:
             assert version is not None
             rows: exp.Expr
@@ -497,7 +505,7 @@ class Usage:
         if capture_before:
             for name, table in (("before_cells", USAGE_CELLS), ("before_distinct", USAGE_DISTINCT)):
                 storage.execute(create_temp_table(name, _in_affected_days(table_ref(table))))
-        self._refresh_units(metrics, promoted)
+        self._refresh_units(metrics, replaced)
 
     def _refresh_units(self, metrics: list[_Registered], promoted: _Promoted | None = None) -> None:
         storage = self._context.storage

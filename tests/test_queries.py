@@ -46,7 +46,7 @@ def _metric(sql: str) -> usage._Registered:
     return usage._Registered(metric, parse_metric(sql))
 
 
-_PROMOTED = usage._Promoted(7, "bf_1", START, END, ("ext:acme", "id:cus_1"))
+_PROMOTED = usage._Promoted("promoted_rows", START, END, ("ext:acme", "id:cus_1"))
 
 TOKENS = "SELECT sum(tokens) FROM events WHERE event_name = 'completion'"
 MODELS = "SELECT count(DISTINCT model) FROM events GROUP BY region"
@@ -62,7 +62,13 @@ CANONICAL: dict[str, Callable[[], exp.Expr]] = {
         customers=exp.to_table("cached_customers"),
     ),
     "usage_touched_by_backfill": lambda: queries.bind(
-        usage._TOUCHED_BY_BACKFILL, backfill_id="bf_1", close_version=7, start=START, end=END
+        usage._TOUCHED_BY_BACKFILL,
+        backfill_id="bf_1",
+        start=START,
+        end=END,
+        ctes={
+            "promoted": queries.bind(usage._PROMOTED_BY_CLOSE, close_version=7, backfill_id="bf_1")
+        },
     ),
     "usage_units_a_scoped_replace_fills": lambda: (
         exp.select("*").from_("affected_units").where(_PROMOTED.holds_only_its_rows())

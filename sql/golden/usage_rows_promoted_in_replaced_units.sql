@@ -1,3 +1,8 @@
+WITH promoted AS (
+  SELECT
+    *
+  FROM promoted_rows
+)
 SELECT
   l.idempotency_key,
   l.event_name,
@@ -7,7 +12,7 @@ SELECT
   l.properties,
   l.version,
   l.backfill_id
-FROM lake.main.stored_events AS l
+FROM promoted AS l
 SEMI JOIN replaced_units AS u
   ON (
     u.customer_key = CASE
@@ -20,7 +25,5 @@ SEMI JOIN replaced_units AS u
     u.bucket = DATE_TRUNC('HOUR', l.timestamp)
   )
 WHERE
-  l.version = 7
-  AND l.backfill_id = 'bf_1'
-  AND l."timestamp" >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+  l."timestamp" >= CAST('2026-11-01 00:00:00' AS TIMESTAMP)
   AND l."timestamp" < CAST('2026-11-02 00:00:00' AS TIMESTAMP);

@@ -1,10 +1,17 @@
+WITH promoted AS (
+  SELECT
+    customer_id,
+    external_customer_id,
+    "timestamp"
+  FROM lake.main.stored_events
+  WHERE
+    version = 7 AND backfill_id = 'bf_1'
+)
 SELECT
   customer_id,
   external_customer_id,
   "timestamp"
-FROM lake.main.stored_events
-WHERE
-  version = 7 AND backfill_id = 'bf_1'
+FROM promoted
 UNION ALL
 SELECT
   customer_id,
