@@ -28,6 +28,7 @@ from engine.queries import (
     create_temp_table,
     customer_keys_of,
     deprecation_rows,
+    in_storage_order,
     insert_rows,
     supersession_rows,
     table_ref,
@@ -419,7 +420,9 @@ class Backfills:
                 ),
             )
         )
-        storage.execute(insert_rows(STORED_EVENTS, exp.select("*").from_(_PROMOTED)))
+        storage.execute(
+            insert_rows(STORED_EVENTS, in_storage_order(exp.select("*").from_(_PROMOTED)))
+        )
         storage.execute(
             bind("DELETE FROM lake.main.staged_events WHERE backfill_id = :id", id=backfill.id)
         )

@@ -34,6 +34,7 @@ from engine.queries import (
     customer_scope,
     deprecation_rows,
     first_copies,
+    in_storage_order,
     ingest_problems,
     insert_rows,
     normalized_input,
@@ -346,7 +347,8 @@ class Ingestor:
             kind=kind,
             ctes={"new_events": rows},
         )
-        storage.execute(insert_rows(STORED_EVENTS, select))
+        assert isinstance(select, exp.Select)
+        storage.execute(insert_rows(STORED_EVENTS, in_storage_order(select.copy())))
         if superseding is not None:
             storage.execute(
                 insert_rows(

@@ -243,6 +243,13 @@ def hour_bucket(*, table: str | None = None) -> exp.Expr:
     return exp.func("date_trunc", exp.Literal.string("hour"), exp.column("timestamp", table=table))
 
 
+def in_storage_order(rows: exp.Select) -> exp.Select:
+    """``rows`` for ``stored_events`` ordered as its files keep them: by the customer's
+    external id, then (the rows that name none, last) by its id, so that the statistics of a
+    row group rule it out for a scan of any other customer."""
+    return rows.order_by(exp.column("external_customer_id"), exp.column("customer_id"))
+
+
 def units_join(units: str, *, table: str) -> exp.Join:
     """A semi-join keeping the rows of the (customer, hour) cells listed in ``units``."""
     return exp.Join(
@@ -430,18 +437,26 @@ def deprecation_rows(
     external_customer_id: str | None,
     condition: exp.Expr | None,
     before_version: int | None,
-) -> exp.Select:
+) -> exp.Query:
     """Rows for ``deprecations``: the rows in ``source`` that the backfill deprecates: in its
     timeframe, in its customer scope, matching its filter and older than its close
-    (``before_version``; ``None`` for late live rows, which are all newer)."""
+    (``before_version``; ``None`` for late live rows, which are all newer).
+
+    A customer known by both ids is scanned once per id, the two scans joined with UNION ALL
+    (an event carries exactly one of them, so no row is in both): DuckDB tests a condition on
+    one column inside the scan and skips the row groups it excludes, but not an OR of two
+    columns (0.10 s against 0.04 s for a one-customer week at 10M events)."""
     conditions = _in_timeframe(timeframe_start, timeframe_end, table=None)
-    if customer_id is not None or external_customer_id is not None:
-        conditions.append(customer_scope(customer_id, external_customer_id))
     if condition is not None:
         conditions.append(exp.paren(condition))
     if before_version is not None:
         conditions.append(exp.column("version") < exp.convert(before_version))
-    return (
+    scopes: list[exp.Expr | None] = []
+    if customer_id is not None:
+        scopes.append(customer_scope(customer_id, None))
+    if external_customer_id is not None:
+        scopes.append(customer_scope(None, external_customer_id))
+    selects = [
         exp.select(
             exp.alias_(exp.convert(backfill_id), "backfill_id"),
             "idempotency_key",
@@ -450,9 +465,11 @@ def deprecation_rows(
             "external_customer_id",
             exp.column("timestamp", quoted=True),
         )
-        .from_(source)
-        .where(exp.and_(*conditions))
-    )
+        .from_(source.copy())
+        .where(exp.and_(*conditions, *([scope] if scope is not None else [])))
+        for scope in scopes or [None]
+    ]
+    return selects[0] if len(selects) == 1 else exp.union(*selects, distinct=False)
 
 
 # Every older stored row of the keys in `newer`, paired with the row written at :by_version.

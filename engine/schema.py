@@ -214,7 +214,15 @@ TABLES: tuple[Table, ...] = (
 #: DuckLake options a new store is created with (``ducklake_set_option('lake', name, value)``).
 #: zstd instead of DuckLake's default snappy: 21.1 instead of 35.6 bytes per stored event on
 #: the sample generator's events (2M events), at about the same ingest speed and read speed.
-OPTIONS: tuple[tuple[str, str], ...] = (("parquet_compression", "zstd"),)
+#: Row groups of 16 384 rows instead of 122 880: stored rows are written ordered by customer
+#: (``queries.in_storage_order``), so a scan for one customer reads the row group or two that
+#: hold it (a one-customer week at 10M events, 1 000 customers: 0.04 s instead of 0.10 s).
+#: DuckLake cannot set an option for a table in the transaction that creates it, so this one
+#: holds for every table; the other tables' reads were measured no slower for it.
+OPTIONS: tuple[tuple[str, str], ...] = (
+    ("parquet_compression", "zstd"),
+    ("parquet_row_group_size", "16384"),
+)
 
 
 def table(name: str) -> Table:

@@ -512,3 +512,29 @@ def test_empty_jsonl_file_ingests_nothing(store: engine.Store, tmp_path: Path) -
     path.write_text("")
     assert store.ingest(path) == engine.IngestResult(ingested=[], duplicates=[])
     assert max_version(store) == 0
+
+
+def test_stored_rows_are_kept_by_customer_in_small_row_groups(
+    store_path: Path, clock: FakeClock
+) -> None:
+    # A scan for one customer skips the row groups whose statistics exclude it.
+    customers = [f"cust_{n:03d}" for n in range(300)]
+    batch = [
+        event(f"k{n}", NOW - HOUR + n * US, ext=customers[(n * 7919) % len(customers)])
+        for n in range(40_000)
+    ]
+    with engine.open(store_path, clock=clock) as store:
+        store.ingest(batch)
+    files = sorted((store_path / "data" / "main" / "stored_events").rglob("*.parquet"))
+    assert files
+    groups = 0
+    for path in files:
+        parquet = pq.ParquetFile(path)
+        assert all(
+            parquet.metadata.row_group(i).num_rows <= 16_384
+            for i in range(parquet.metadata.num_row_groups)
+        )
+        groups += parquet.metadata.num_row_groups
+        names = parquet.read(columns=["external_customer_id"]).column(0).to_pylist()
+        assert names == sorted(names)
+    assert groups >= 3
