@@ -416,7 +416,9 @@ class Backfills:
                     newer=promoted_keys,
                     by_version=version,
                     by_backfill_id=backfill.id,
-                    stored_restriction=self._context.keys.stored_rows(promoted_keys, table="s"),
+                    stored_restriction=self._context.keys.stored_rows(
+                        promoted_keys, table="s", newest=version - 1
+                    ),
                 ),
             )
         )

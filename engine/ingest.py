@@ -337,7 +337,9 @@ class Ingestor:
         version = context.next_version()
         # looked up before this commit's rows are written (the index must not see them)
         stored_restriction = (
-            context.keys.stored_rows(superseding, table="s") if superseding is not None else None
+            context.keys.stored_rows(superseding, table="s", newest=version - 1)
+            if superseding is not None
+            else None
         )
         select = bind(
             "SELECT n.*, CAST(:version AS BIGINT) AS version, "

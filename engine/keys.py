@@ -118,17 +118,23 @@ class KeyIndex:
         self._saved_later = 0
         self._unsaved: list[Entries] = []
 
-    def stored_rows(self, keys: exp.Expr, *, table: str | None = None) -> exp.Expr:
+    def stored_rows(
+        self, keys: exp.Expr, *, table: str | None = None, newest: int | None = None
+    ) -> exp.Expr:
         """A condition on ``stored_events`` rows (under alias ``table``) that holds for every
         stored row of the keys ``keys`` selects (a query with an ``idempotency_key`` column):
         timestamp ranges of whole UTC days, or FALSE when none of the keys was ever stored.
 
+        ``newest`` is the newest version committed in the caller's transaction, when the
+        caller has read it already (a writer, from ``Context.next_version``).
+
         The first lookup of a process starts from the store's saved segments that are usable
         (see :meth:`_Segments.chain`).
         """
-        committed = self._storage.one(newest_version())
-        assert committed is not None
-        newest = int(committed[0])
+        if newest is None:
+            committed = self._storage.one(newest_version())
+            assert committed is not None
+            newest = int(committed[0])
         if not self._opened:
             self._opened = True
             self._open(newest)

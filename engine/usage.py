@@ -540,6 +540,11 @@ class Usage:
         customers = storage.rows(
             exp.select("customer_key").distinct().from_(units).limit(_FEW_CUSTOMERS + 1)
         )
+        if promoted is not None and not customers:
+            # Every touched unit holds the promoted rows alone, and every promoted row lies in
+            # a touched unit: the cells come from the promoted rows as they are, uncopied.
+            self._insert_cells(metrics, promoted.rows_table)
+            return
         if customers:
             # read once here: the refresh query would otherwise read backfills per reference
             reflected = [row[0] for row in storage.rows(reflected_backfills())]
