@@ -4,9 +4,11 @@ A store is a folder::
 
     store/
       catalog.sqlite   DuckLake catalog (SQLite): snapshots, schemas, file lists
-      data/            Parquet files written by DuckLake, events partitioned by day
+      data/            Parquet files written by DuckLake, events and usage cells
+                       partitioned by day
       tmp/             DuckDB spill space for large ingests
       write.lock       held while a process writes, so writers from several processes queue
+      key_index/       the saved key index (engine.keys), a cache checked before use
 
 Every statement arrives here as a sqlglot tree and is rendered by :func:`render`, in one
 place. Readers need no lock: DuckLake gives each query (or read transaction) a consistent
@@ -93,6 +95,9 @@ _SNAPSHOT_TRUST_SECONDS = 1.0
 #: Catalogs attached by open stores of this process, with how many stores hold each: only the
 #: first may read the file outside DuckDB (closing any descriptor of a file drops every POSIX
 #: lock this process holds on it, DuckDB's included).
+#: Day partitions one statement may write without splitting their files (about 11 years).
+_MAX_OPEN_PARTITIONS = 4096
+
 _ATTACHED: Counter[Path] = Counter()
 _ATTACHED_LOCK = threading.Lock()
 
@@ -184,6 +189,10 @@ class Storage:
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "temp_directory": str(path / "tmp"),
+            # A statement that writes to more day partitions than DuckDB keeps files open for
+            # (100 by default) closes and reopens them: a full recompute over 150 days wrote up
+            # to 30 files a day, and every later statement planned over all of them.
+            "partitioned_write_max_open_files": _MAX_OPEN_PARTITIONS,
         }
         if memory_limit:
             config["memory_limit"] = memory_limit

@@ -507,7 +507,7 @@ class Usage:
                 storage.execute(create_temp_table(name, _in_affected_days(table_ref(table))))
         self._refresh_units(metrics, replaced)
 
-    def _refresh_units(self, metrics: list[_Registered], promoted: _Promoted | None = None) -> None:
+    def _refresh_units(self, metrics: list[_Registered], replaced: _Promoted | None = None) -> None:
         storage = self._context.storage
         bounds = storage.one(bind("SELECT min(bucket), max(bucket) FROM affected_units"))
         if bounds is None or bounds[0] is None:
@@ -529,21 +529,21 @@ class Usage:
             storage.execute(delete)
         units = "affected_units"
         parts: list[exp.Select] = []
-        if promoted is not None:
-            whole = promoted.holds_only_its_rows()
+        if replaced is not None:
+            whole = replaced.holds_only_its_rows()
             for name, condition in (("replaced_units", whole), ("other_units", whole.not_())):
                 storage.execute(
                     create_temp_table(name, exp.select("*").from_(units).where(condition))
                 )
-            parts.append(promoted.rows(units="replaced_units"))
+            parts.append(replaced.rows(units="replaced_units"))
             units = "other_units"
         customers = storage.rows(
             exp.select("customer_key").distinct().from_(units).limit(_FEW_CUSTOMERS + 1)
         )
-        if promoted is not None and not customers:
+        if replaced is not None and not customers:
             # Every touched unit holds the promoted rows alone, and every promoted row lies in
             # a touched unit: the cells come from the promoted rows as they are, uncopied.
-            self._insert_cells(metrics, promoted.rows_table)
+            self._insert_cells(metrics, replaced.rows_table)
             return
         if customers:
             # read once here: the refresh query would otherwise read backfills per reference
