@@ -424,7 +424,7 @@ def test_a_statement_may_write_years_of_day_partitions_without_splitting_them(
 ) -> None:
     # Past DuckDB's default of 100 open partition files, a write closes and reopens them: a
     # recompute over 150 days at 50M events wrote up to 30 files a day, and every later
-    # statement planned over them. Ten rows a day do not reach the splitting, so the setting
-    # itself is what this checks; bench/README.md has the 50M measurement.
+    # statement planned over them. A test-sized store does not reach the splitting, so the
+    # setting itself is what this checks; bench/README.md has the 50M measurement.
     (row,) = store.sql("SELECT current_setting('partitioned_write_max_open_files')").fetchall()
     assert int(row[0]) >= 10 * 366
