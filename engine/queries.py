@@ -243,6 +243,11 @@ def hour_bucket(*, table: str | None = None) -> exp.Expr:
     return exp.func("date_trunc", exp.Literal.string("hour"), exp.column("timestamp", table=table))
 
 
+def union_all(parts: Sequence[exp.Expr]) -> exp.Expr:
+    """The one part, or ``UNION ALL`` of several."""
+    return parts[0] if len(parts) == 1 else exp.union(*parts, distinct=False)
+
+
 def in_storage_order(rows: exp.Select) -> exp.Select:
     """``rows`` for ``stored_events`` ordered as its files keep them: by the customer's
     external id, then (the rows that name none, last) by its id, so that the statistics of a
@@ -437,7 +442,7 @@ def deprecation_rows(
     external_customer_id: str | None,
     condition: exp.Expr | None,
     before_version: int | None,
-) -> exp.Query:
+) -> exp.Expr:
     """Rows for ``deprecations``: the rows in ``source`` that the backfill deprecates: in its
     timeframe, in its customer scope, matching its filter and older than its close
     (``before_version``; ``None`` for late live rows, which are all newer).
@@ -469,7 +474,7 @@ def deprecation_rows(
         .where(exp.and_(*conditions, *([scope] if scope is not None else [])))
         for scope in scopes or [None]
     ]
-    return selects[0] if len(selects) == 1 else exp.union(*selects, distinct=False)
+    return union_all(selects)
 
 
 # Every older stored row of the keys in `newer`, paired with the row written at :by_version.

@@ -38,6 +38,7 @@ from engine.queries import (
     insert_rows,
     reflected_backfills,
     table_ref,
+    union_all,
     units_join,
 )
 from engine.schema import CUSTOMERS, METRICS, USAGE_CELLS, USAGE_DISTINCT
@@ -234,10 +235,6 @@ def _distinct_values(metric: _Registered, source: str) -> exp.Select:
         .from_(exp.to_table(source).as_("e"))
         .where(exp.and_(parsed.where(table="e"), value.is_(exp.null()).not_()))
     )
-
-
-def _union(selects: list[exp.Select]) -> exp.Query:
-    return selects[0] if len(selects) == 1 else exp.union(*selects, distinct=False)
 
 
 def _numeric(parsed: ParsedMetric) -> bool:
@@ -494,7 +491,7 @@ class Usage:
             parts: list[exp.Expr] = [rows]
             if superseding:
                 parts.append(bind(_SUPERSEDED_AT_VERSION, version=version))
-            touched = parts[0] if len(parts) == 1 else exp.union(*parts, distinct=False)
+            touched = union_all(parts)
         units = bind(
             _AFFECTED_UNITS,
             customer_key=customer_key(table="s"),
@@ -578,14 +575,14 @@ class Usage:
         # larger files led DuckLake to write are read safely since Storage.consistent_read
         # (RELIABILITY.md, "DuckLake partial deletes").
         storage.execute(
-            insert_rows(USAGE_CELLS, _union([_cells(m, source) for m in metrics]), _CELL_COLUMNS)
+            insert_rows(USAGE_CELLS, union_all([_cells(m, source) for m in metrics]), _CELL_COLUMNS)
         )
         distinct = [m for m in metrics if m.parsed.aggregate is Aggregate.COUNT_DISTINCT]
         if distinct:
             storage.execute(
                 insert_rows(
                     USAGE_DISTINCT,
-                    _union([_distinct_values(m, source) for m in distinct]),
+                    union_all([_distinct_values(m, source) for m in distinct]),
                     _DISTINCT_COLUMNS,
                 )
             )
