@@ -170,7 +170,7 @@ class Events:
             version = context.next_version()
             keys = _keys([event_id])
             # looked up before the tombstone is written (the index must not see it)
-            stored = context.keys.stored_rows(keys, table="s")
+            stored = context.keys.stored_rows(keys, table="s", newest=version - 1)
             tombstone = with_reflected(
                 bind(
                     'SELECT l.idempotency_key, l.event_name, l."timestamp", l.customer_id, '

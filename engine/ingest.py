@@ -39,7 +39,7 @@ from engine.queries import (
     insert_rows,
     normalized_input,
     supersession_rows,
-    table_ref,
+    union_all,
 )
 from engine.schema import BACKFILLS, DEPRECATIONS, STAGED_EVENTS, STORED_EVENTS, SUPERSESSIONS
 from engine.storage import Storage
@@ -152,7 +152,6 @@ class Ingestor:
     def __init__(self, context: Context, usage: Usage) -> None:
         self._context = context
         self._usage = usage
-        self._filtered = _FilteredBackfills()
 
     def ingest(self, events: Any, *, backfill: Backfill | None) -> IngestResult:
         """Validate the whole batch, then write it (live: one commit) or stage it (backfill).
@@ -161,6 +160,8 @@ class Ingestor:
         """
         storage = self._context.storage
         repeats = self.validate_only(events, backfill=backfill)
+        # a live batch's version, read once: the key lookups need the newest committed one
+        version = self._context.next_version() if backfill is None else None
         storage.execute(
             create_temp_table(
                 "first_copies",
@@ -168,8 +169,10 @@ class Ingestor:
                     backfill_id=backfill.id if backfill else None,
                     all_keys_distinct=not repeats,
                     stored_restriction=(
-                        self._context.keys.stored_rows(bind("SELECT idempotency_key FROM incoming"))
-                        if backfill is None
+                        self._context.keys.stored_rows(
+                            bind("SELECT idempotency_key FROM incoming"), newest=version - 1
+                        )
+                        if version is not None
                         else None
                     ),
                 ),
@@ -193,7 +196,7 @@ class Ingestor:
                 'SELECT idempotency_key, event_name, "timestamp", customer_id, '
                 "external_customer_id, properties FROM first_copies WHERE NOT duplicate"
             )
-            if backfill is None:
+            if version is not None:
                 superseded_keys = (
                     bind(
                         "SELECT idempotency_key FROM first_copies "
@@ -203,9 +206,14 @@ class Ingestor:
                     else None
                 )
                 self._write_live(
-                    new_events, kind="event", count=len(written), superseding=superseded_keys
+                    new_events,
+                    version=version,
+                    kind="event",
+                    count=len(written),
+                    superseding=superseded_keys,
                 )
             else:
+                assert backfill is not None
                 self._stage(backfill, new_events, count=len(written))
         return IngestResult(ingested=written, duplicates=duplicates)
 
@@ -233,9 +241,15 @@ class Ingestor:
             'SELECT idempotency_key, event_name, "timestamp", customer_id, '
             "external_customer_id, CAST(properties AS JSON) AS properties FROM incoming"
         )
-        return self._write_live(
-            rows, kind=kind, count=1, superseding=bind("SELECT idempotency_key FROM incoming")
+        version = self._context.next_version()
+        self._write_live(
+            rows,
+            version=version,
+            kind=kind,
+            count=1,
+            superseding=bind("SELECT idempotency_key FROM incoming"),
         )
+        return version
 
     # -- internals --------------------------------------------------------------------------
 
@@ -328,13 +342,18 @@ class Ingestor:
     _live_rules = True
 
     def _write_live(
-        self, rows: exp.Expr, *, kind: str, count: int, superseding: exp.Expr | None
-    ) -> int:
-        """Write ``rows`` as live rows of one new version; ``superseding`` selects the keys
-        among them that have older stored rows."""
+        self,
+        rows: exp.Expr,
+        *,
+        version: int,
+        kind: str,
+        count: int,
+        superseding: exp.Expr | None,
+    ) -> None:
+        """Write ``rows`` as live rows of ``version`` (from ``Context.next_version``);
+        ``superseding`` selects the keys among them that have older stored rows."""
         context = self._context
         storage = context.storage
-        version = context.next_version()
         # looked up before this commit's rows are written (the index must not see them)
         stored_restriction = (
             context.keys.stored_rows(superseding, table="s", newest=version - 1)
@@ -363,12 +382,11 @@ class Ingestor:
                     ),
                 )
             )
-        _late_deprecations(storage, self._filtered.rows(storage), version=version)
+        _late_deprecations(storage, select)
         self._usage.refresh_changed(
             version=version, written=select, superseding=superseding is not None
         )
         context.record_commit(version, "ingest" if kind == "event" else kind, events=count)
-        return version
 
     def _stage(self, backfill: Backfill, rows: exp.Expr, *, count: int) -> None:
         storage = self._context.storage
@@ -394,24 +412,6 @@ class AmendmentIngestor(Ingestor):
     _live_rules = False
 
 
-class _FilteredBackfills:
-    """The reflected filtered replace backfills, read again only when ``backfills`` changed: a
-    DuckLake read of it costs about 30 ms of catalog work per live commit, even when it finds
-    nothing. Use inside ``storage.write()`` (no other commit can land meanwhile) before the
-    transaction changes ``backfills`` (live ingest and amendments never do)."""
-
-    def __init__(self) -> None:
-        self._read_at: int | None = None  # the change of backfills they were read after
-        self._rows: list[tuple[Any, ...]] = []
-
-    def rows(self, storage: Storage) -> list[tuple[Any, ...]]:
-        snapshot = storage.changed_at(BACKFILLS)
-        if snapshot != self._read_at:
-            self._rows = storage.rows(bind(_FILTERED_BACKFILLS))
-            self._read_at = snapshot
-        return self._rows
-
-
 _FILTERED_BACKFILLS = """
 SELECT id, timeframe_start, timeframe_end, customer_id, external_customer_id, deprecation_filter
 FROM lake.main.backfills
@@ -419,21 +419,28 @@ WHERE status = 'reflected' AND replace_existing_events AND deprecation_filter IS
 """
 
 
-def _late_deprecations(storage: Storage, filtered: list[tuple[Any, ...]], *, version: int) -> None:
-    """Deprecate the rows just written at ``version`` (live events, amendments) that a reflected
-    filtered replace backfill covers: its filter keeps applying to events that arrive late."""
+def _late_deprecations(storage: Storage, written: exp.Select) -> None:
+    """Deprecate the rows this commit writes (``written``, from where the writer holds them:
+    live events, amendments) that a reflected filtered replace backfill covers: its filter
+    keeps applying to events that arrive late. One statement for the backfills whose
+    timeframe meets the rows' time span (live events rarely meet any: a replaced timeframe
+    ends before the grace period), none when no backfill does."""
+    filtered = storage.small_table_rows(BACKFILLS, bind(_FILTERED_BACKFILLS))
     if not filtered:
         return
-    written = (
-        exp.select("*")
-        .from_(table_ref(STORED_EVENTS))
-        .where(exp.column("version").eq(exp.convert(version)))
-        .subquery("written")
+    timestamp = exp.column("timestamp", quoted=True)
+    span = storage.one(
+        exp.select(exp.func("min", timestamp), exp.func("max", timestamp)).from_(
+            written.subquery("w")
+        )
     )
-    for backfill_id, start, end, customer_id, external_customer_id, text in filtered:
-        rows = deprecation_rows(
+    if span is None or span[0] is None:
+        return
+    earliest, latest = span
+    parts = [
+        deprecation_rows(
             backfill_id=backfill_id,
-            source=written,
+            source=written.subquery("written"),
             timeframe_start=start,
             timeframe_end=end,
             customer_id=customer_id,
@@ -441,7 +448,11 @@ def _late_deprecations(storage: Storage, filtered: list[tuple[Any, ...]], *, ver
             condition=translate_filter(parse_filter(text)),
             before_version=None,
         )
-        storage.execute(insert_rows(DEPRECATIONS, rows))
+        for backfill_id, start, end, customer_id, external_customer_id, text in filtered
+        if start <= latest and earliest < end
+    ]
+    if parts:
+        storage.execute(insert_rows(DEPRECATIONS, union_all(parts)))
 
 
 def _raise_bad_line(path: Path, error: ConstraintViolation) -> None:

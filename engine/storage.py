@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -66,14 +67,90 @@ def render(tree: exp.Expr) -> str:
     return tree.sql(dialect=_DIALECT)
 
 
-# The latest snapshot, read by DuckDB's own SQLite (see Storage.snapshot_id). Rendered once.
+def _in_catalog(query: exp.Select) -> exp.Table:
+    """A query of DuckLake's SQLite catalog, run by SQLite itself (``sqlite_query``), through
+    DuckDB's own attachment of the catalog. DuckDB's scan of an attached SQLite table filters
+    nothing inside SQLite: it reads every row, and DuckLake's snapshot tables gain a row per
+    commit. The one place that renders SQLite's dialect."""
+    call = exp.Anonymous(
+        this="sqlite_query",
+        expressions=[
+            exp.Literal.string(f"__ducklake_metadata_{CATALOG}"),
+            exp.Literal.string(query.sql(dialect="sqlite")),
+        ],
+    )
+    return exp.Table(this=call)
+
+
+# The latest snapshot (see Storage.snapshot_id), found by SQLite in its primary key: DuckDB's
+# scan of the table took 1.2 ms at 1 000 snapshots and 26 ms at 200 000. Rendered once.
 _LATEST_SNAPSHOT = render(
-    exp.select(exp.func("max", exp.column("snapshot_id"))).from_(
-        exp.table_("ducklake_snapshot", db=f"__ducklake_metadata_{CATALOG}")
+    exp.select(exp.cast(exp.column("newest"), "BIGINT")).from_(
+        _in_catalog(
+            exp.select(exp.alias_(exp.func("max", exp.column("snapshot_id")), "newest")).from_(
+                "ducklake_snapshot"
+            )
+        )
     )
 )
 
 _T = TypeVar("_T")
+
+
+@functools.lru_cache(maxsize=64)
+def _changes_since(table_name: str, after: int) -> Prepared:
+    """One row: the oldest snapshot in DuckLake's change log, the newest after ``after``, and
+    the newest after ``after`` that changed table ``table_name``. Rendered once per
+    ``after``: building it costs more than SQLite takes to run it.
+
+    SQLite walks its primary key from ``after`` (:func:`_in_catalog`): DuckDB's scan read the
+    whole log, 5 ms at 1 000 snapshots and 330 ms at 200 000, against 1.3 ms for both."""
+    changes = exp.column("changes_made", table="c")
+    table_id = exp.column("table_id", table="t")
+    # entries read "<kind>:<table id>", comma-separated
+    names_it = exp.or_(
+        exp.Like(
+            this=changes,
+            expression=exp.DPipe(
+                this=exp.DPipe(this=exp.Literal.string("%:"), expression=table_id),
+                expression=exp.Literal.string(",%"),
+            ),
+        ),
+        exp.Like(
+            this=changes,
+            expression=exp.DPipe(this=exp.Literal.string("%:"), expression=table_id),
+        ),
+    )
+    of_table = exp.Exists(
+        this=exp.select(exp.Literal.number(1))
+        .from_(exp.table_("ducklake_table").as_("t"))
+        .where(exp.column("table_name", table="t").eq(exp.Literal.string(table_name)))
+        .where(names_it)
+    )
+    snapshot = exp.column("snapshot_id", table="c")
+    oldest = exp.select(exp.func("min", exp.column("snapshot_id"))).from_(
+        "ducklake_snapshot_changes"
+    )
+    inner = (
+        exp.select(
+            exp.alias_(oldest.subquery(), "oldest"),
+            exp.alias_(exp.func("max", snapshot), "newest"),
+            exp.alias_(
+                exp.func("max", exp.Case(ifs=[exp.If(this=of_table, true=snapshot)])),
+                "newest_of_table",
+            ),
+        )
+        .from_(exp.table_("ducklake_snapshot_changes").as_("c"))
+        .where(snapshot > exp.convert(after))
+    )
+    # SQLite declares no type for computed columns, so they arrive as text
+    query = exp.select(
+        *(
+            exp.alias_(exp.cast(exp.column(name), "BIGINT"), name)
+            for name in ("oldest", "newest", "newest_of_table")
+        )
+    ).from_(_in_catalog(inner))
+    return Prepared(render(query))
 
 
 def _set(setting: str, value: exp.Expr) -> str:
@@ -92,12 +169,12 @@ _CURRENT_THREADS = render(exp.select(exp.func("current_setting", exp.Literal.str
 #: Longest a snapshot check may trust an unchanged catalog file (see Storage.snapshot_id).
 _SNAPSHOT_TRUST_SECONDS = 1.0
 
-#: Catalogs attached by open stores of this process, with how many stores hold each: only the
-#: first may read the file outside DuckDB (closing any descriptor of a file drops every POSIX
-#: lock this process holds on it, DuckDB's included).
 #: Day partitions one statement may write without splitting their files (about 11 years).
 _MAX_OPEN_PARTITIONS = 4096
 
+#: Catalogs attached by open stores of this process, with how many stores hold each: only the
+#: first may read the file outside DuckDB (closing any descriptor of a file drops every POSIX
+#: lock this process holds on it, DuckDB's included).
 _ATTACHED: Counter[Path] = Counter()
 _ATTACHED_LOCK = threading.Lock()
 
@@ -208,6 +285,11 @@ class Storage:
         self._seen_token: tuple[object, object] | None = None
         self._seen_at = 0.0
         self._seen_snapshot = -1
+        # per table: the change log read up to this snapshot, and the table's last change
+        self._changes_read: dict[str, tuple[int, int]] = {}
+        # lake tables written by the open write transaction (see small_table_rows)
+        self._written_in_transaction: set[str] = set()
+        self._small_reads: dict[str, tuple[int, list[tuple[Any, ...]]]] = {}
         try:
             self._attach(path)
         except BaseException:
@@ -263,6 +345,10 @@ class Storage:
 
     def execute(self, tree: exp.Expr, parameters: Sequence[Any] | None = None) -> None:
         with self._mutex:
+            if self._write_depth and isinstance(tree, (exp.Insert, exp.Update, exp.Delete)):
+                target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+                if isinstance(target, exp.Table) and target.catalog == CATALOG:
+                    self._written_in_transaction.add(target.name)
             self._connection.execute(render(tree), parameters)
 
     def rows(
@@ -368,6 +454,7 @@ class Storage:
                 return
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             self._write_depth = 1
+            self._written_in_transaction = set()
             try:
                 self._connection.execute("BEGIN TRANSACTION")
                 try:
@@ -388,6 +475,7 @@ class Storage:
                 raise RuntimeError("a trial cannot run inside a write transaction")
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             self._write_depth = 1
+            self._written_in_transaction = set()
             try:
                 self._connection.execute("BEGIN TRANSACTION")
                 try:
@@ -483,38 +571,45 @@ class Storage:
 
     def changed_at(self, table: Table) -> int:
         """The latest snapshot that changed ``table`` (its rows or its definition), from
-        DuckLake's own change log: a few milliseconds, where a read of a small lake table costs
-        tens (the catalog work of a DuckLake scan). -1 when no snapshot names the table."""
-        metadata = f"__ducklake_metadata_{CATALOG}"
-        table_id = exp.cast(exp.column("table_id", table="t"), "VARCHAR")
-        changes = exp.column("changes_made", table="c")
-        # entries read "<kind>:<table id>", comma-separated
-        names_it = exp.or_(
-            exp.Like(
-                this=changes,
-                expression=exp.DPipe(
-                    this=exp.Literal.string("%:"),
-                    expression=exp.DPipe(this=table_id, expression=exp.Literal.string(",%")),
-                ),
-            ),
-            exp.Like(
-                this=changes,
-                expression=exp.DPipe(this=exp.Literal.string("%:"), expression=table_id),
-            ),
-        )
-        query = (
-            exp.select(exp.func("max", exp.column("snapshot_id", table="c")))
-            .from_(exp.table_("ducklake_snapshot_changes", db=metadata).as_("c"))
-            .join(
-                exp.table_("ducklake_table", db=metadata).as_("t"),
-                on=exp.and_(
-                    exp.column("table_name", table="t").eq(exp.Literal.string(table.name)),
-                    names_it,
-                ),
-            )
-        )
-        row = self.one(query)
-        return int(row[0]) if row and row[0] is not None else -1
+        DuckLake's own change log. -1 when no snapshot names the table.
+
+        Each call reads only the log entries committed since this store's last call for the
+        table, and SQLite finds them by its primary key: about a millisecond, where a DuckLake
+        scan of a small table costs tens. If entries this store never read were expired
+        meanwhile (``maintenance.compact``), the change is unknowable and the answer is the
+        newest snapshot, so a cache keyed on it reloads.
+        """
+        with self._mutex:
+            read_upto, last_change = self._changes_read.get(table.name, (-1, -1))
+            row = self.arrow(_changes_since(table.name, read_upto)).to_pylist()[0]
+            oldest, newest, newest_of_table = row["oldest"], row["newest"], row["newest_of_table"]
+            if newest is not None:
+                if read_upto >= 0 and oldest > read_upto + 1:
+                    last_change = newest
+                elif newest_of_table is not None:
+                    last_change = newest_of_table
+                read_upto = newest
+            self._changes_read[table.name] = (read_upto, last_change)
+            return int(last_change)
+
+    def small_table_rows(self, table: Table, tree: exp.Expr) -> list[tuple[Any, ...]]:
+        """Rows of ``tree``, a query of lake table ``table`` alone, inside :meth:`write`: kept
+        in memory while no commit has changed the table (:meth:`changed_at`) and this
+        transaction has not written to it. A DuckLake scan costs 10-30 ms of catalog work
+        even when it reads a few rows; a live commit read three such tables."""
+        with self._mutex:
+            if not self._write_depth:
+                raise RuntimeError("small_table_rows serves writers: use it inside write()")
+            if table.name in self._written_in_transaction:
+                return self.rows(tree)
+            sql = render(tree)
+            changed = self.changed_at(table)
+            kept = self._small_reads.get(sql)
+            if kept is not None and kept[0] == changed:
+                return kept[1]
+            rows = self.rows(tree)
+            self._small_reads[sql] = (changed, rows)
+            return rows
 
     def close(self) -> None:
         with self._mutex:

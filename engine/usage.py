@@ -41,7 +41,7 @@ from engine.queries import (
     union_all,
     units_join,
 )
-from engine.schema import CUSTOMERS, METRICS, USAGE_CELLS, USAGE_DISTINCT
+from engine.schema import BACKFILLS, CUSTOMERS, METRICS, USAGE_CELLS, USAGE_DISTINCT
 from engine.storage import Prepared
 
 __all__ = ["Granularity", "Metrics", "Progress", "Replacement", "Usage"]
@@ -365,6 +365,9 @@ class Usage:
         # Per metric, customer id column and customer: that customer's cells, once read.
         self._customer_cells: dict[tuple[str, str, str], _CustomerCells] = {}
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
+        # The registry as writers last read it (see _registered_for_write).
+        self._registry_rows: list[tuple[Any, ...]] = []
+        self._registry: list[_Registered] = []
 
     def _refresh_cache(self) -> None:
         """On a new snapshot: reload the customers and the metric registry, and forget the
@@ -418,11 +421,18 @@ class Usage:
     # -- the registry -------------------------------------------------------------------------
 
     def _registered(self, metric_ids: list[str] | None = None) -> list[_Registered]:
-        query = exp.select(*METRICS.column_names).from_(table_ref(METRICS)).order_by("created_at")
-        if metric_ids is not None:
-            query = query.where(exp.column("id").isin(*(exp.convert(m) for m in metric_ids)))
-        metrics = [_metric(row) for row in self._context.storage.rows(query)]
+        metrics = [_metric(row) for row in self._context.storage.rows(_registry(metric_ids))]
         return [_Registered(m, parse_metric(m.sql)) for m in metrics]
+
+    def _registered_for_write(self) -> list[_Registered]:
+        """Every metric, inside a write: read and parsed again only when the registry changed
+        (:meth:`Storage.small_table_rows`), not on every commit."""
+        rows = self._context.storage.small_table_rows(METRICS, _registry(None))
+        if rows != self._registry_rows:
+            metrics = [_metric(row) for row in rows]
+            self._registry = [_Registered(m, parse_metric(m.sql)) for m in metrics]
+            self._registry_rows = rows
+        return self._registry
 
     # -- maintenance (inside a write transaction) ---------------------------------------------
 
@@ -456,7 +466,7 @@ class Usage:
         ``capture_before`` keeps the cells of the touched (customer, day)s as they were, in
         the temp tables ``before_cells`` and ``before_distinct``, for :meth:`preview_diff`.
         """
-        metrics = self._registered()
+        metrics = self._registered_for_write()
         if not metrics:
             return
         storage = self._context.storage
@@ -544,7 +554,9 @@ class Usage:
             return
         if customers:
             # read once here: the refresh query would otherwise read backfills per reference
-            reflected = [row[0] for row in storage.rows(reflected_backfills())]
+            reflected = [
+                row[0] for row in storage.small_table_rows(BACKFILLS, reflected_backfills())
+            ]
             parts.append(
                 effective_events(
                     timeframe_start=start,
@@ -919,6 +931,14 @@ FULL OUTER JOIN after_usage AS a
 WHERE a.value IS DISTINCT FROM b.value
 ORDER BY 2 NULLS LAST, 3 NULLS LAST, 4
 """
+
+
+def _registry(metric_ids: list[str] | None) -> exp.Select:
+    """The metrics (some, or all), oldest first."""
+    query = exp.select(*METRICS.column_names).from_(table_ref(METRICS)).order_by("created_at")
+    if metric_ids is not None:
+        query = query.where(exp.column("id").isin(*(exp.convert(m) for m in metric_ids)))
+    return query
 
 
 def _in_affected_days(source: exp.Table) -> exp.Select:

@@ -540,6 +540,32 @@ def test_close_with_a_filter_replaces_matching_events_only(
     }
 
 
+def test_a_late_batch_meets_each_filtered_backfill_whose_timeframe_it_reaches(
+    store: engine.Store, clock: FakeClock
+) -> None:
+    first = create(store, deprecation_filter="model = 'gpt-4'")
+    second = create(
+        store,
+        timeframe_start=OLD + DAY,
+        timeframe_end=OLD + 2 * DAY,
+        deprecation_filter="model = 'claude'",
+    )
+    for backfill in (first, second):
+        store.backfills.close(backfill.id)
+    clock.now = OLD + DAY + 3 * HOUR
+    store.ingest(
+        [
+            event("first-gpt", OLD + DAY - 2 * HOUR, model="gpt-4"),
+            event("first-claude", OLD + DAY - 2 * HOUR, model="claude"),
+            event("second-gpt", OLD + DAY + 2 * HOUR, model="gpt-4"),
+            event("second-claude", OLD + DAY + 2 * HOUR, model="claude"),
+        ]
+    )
+    assert set(effective_props(store)) == {"first-claude", "second-gpt"}
+    store.backfills.revert(first.id)
+    assert set(effective_props(store)) == {"first-gpt", "first-claude", "second-gpt"}
+
+
 def test_additive_close_supersedes_resent_keys(
     store: engine.Store, history: dict[str, dict[str, Any]]
 ) -> None:

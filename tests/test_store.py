@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from procs.common import DAY, HOUR, NOW, OLD, FakeClock, effective, event, fingerprint
+from sqlglot import exp
 
 import engine
 from engine.errors import (
@@ -23,7 +24,9 @@ from engine.errors import (
     ResourceConflict,
     ResourceNotFound,
 )
+from engine.queries import maintenance_call, seconds_ago, table_ref
 from engine.schema import BACKFILLS, STORED_EVENTS
+from engine.storage import render
 
 ORB = "https://docs.withorb.com/reference/error-responses#"
 
@@ -116,6 +119,66 @@ def test_changed_at_names_the_last_commit_that_changed_a_table(store: engine.Sto
     assert created > first
     store.backfills.revert(backfill.id)
     assert storage.changed_at(BACKFILLS) > created
+
+
+def test_changed_at_follows_other_processes_and_expired_snapshots(
+    store_path: Path, clock: FakeClock
+) -> None:
+    """Each call reads only the change log's new entries; a change whose entry expired before
+    this store read it still counts as a change."""
+    with (
+        engine.open(store_path, clock=clock) as reader,
+        engine.open(store_path, clock=clock) as writer,
+    ):
+        storage = reader._storage
+        first = storage.changed_at(BACKFILLS)
+        writer.backfills.create(
+            timeframe_start=OLD, timeframe_end=OLD + DAY, replace_existing_events=False
+        )
+        created = storage.changed_at(BACKFILLS)
+        assert created > first
+        writer.backfills.create(
+            timeframe_start=OLD + DAY, timeframe_end=OLD + 2 * DAY, replace_existing_events=False
+        )
+        writer.ingest([event("k1", NOW - HOUR)])
+        with writer._storage.write():
+            writer._storage.one(maintenance_call("expire_snapshots", older_than=seconds_ago(0)))
+        assert storage.changed_at(BACKFILLS) > created
+        # the next call starts from there, and a commit that leaves backfills alone is no change
+        settled = storage.changed_at(BACKFILLS)
+        writer.ingest([event("k2", NOW - HOUR)])
+        assert storage.changed_at(BACKFILLS) == settled
+
+
+def test_small_table_rows_are_read_again_only_after_a_change(
+    store_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        engine.open(store_path, clock=clock) as mine,
+        engine.open(store_path, clock=clock) as other,
+    ):
+        storage = mine._storage
+        reads: list[str] = []
+        read = storage.rows
+        monkeypatch.setattr(storage, "rows", lambda tree: reads.append(render(tree)) or read(tree))
+        ids = exp.select("id").from_(table_ref(BACKFILLS)).order_by("id")
+        with pytest.raises(RuntimeError, match="inside write"):
+            storage.small_table_rows(BACKFILLS, ids)
+        with storage.write():
+            assert storage.small_table_rows(BACKFILLS, ids) == []
+        mine.ingest([event("k1", NOW - HOUR)])
+        with storage.write():
+            assert storage.small_table_rows(BACKFILLS, ids) == []
+        assert reads.count(render(ids)) == 1  # the live commit left backfills alone
+        backfill = other.backfills.create(
+            timeframe_start=OLD, timeframe_end=OLD + DAY, replace_existing_events=False
+        )
+        with storage.write():
+            assert storage.small_table_rows(BACKFILLS, ids) == [(backfill.id,)]
+            # this transaction's own writes are seen, never a copy from before them
+            storage.execute(exp.delete(table_ref(BACKFILLS)))
+            assert storage.small_table_rows(BACKFILLS, ids) == []
+        assert reads.count(render(ids)) == 3
 
 
 def test_a_failed_open_releases_its_files(store_path: Path, clock: FakeClock) -> None:
