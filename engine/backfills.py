@@ -259,8 +259,12 @@ class Backfills:
 
     def get(self, backfill_id: str) -> Backfill:
         """The backfill ``backfill_id`` (``ResourceNotFound`` otherwise)."""
+        return self._get_with_close_version(backfill_id)[0]
+
+    def _get_with_close_version(self, backfill_id: str) -> tuple[Backfill, int | None]:
+        """The backfill, and the version its close committed (None until it closes)."""
         rows = self._context.storage.rows(
-            exp.select(*_COLUMNS)
+            exp.select(*_COLUMNS, "close_version")
             .from_(table_ref(BACKFILLS))
             .where(exp.column("id").eq(exp.convert(backfill_id)))
         )
@@ -268,7 +272,8 @@ class Backfills:
             raise ResourceNotFound(
                 f"backfill {backfill_id!r} does not exist", backfill_id=backfill_id
             )
-        return _backfill(rows[0])
+        *columns, close_version = rows[0]
+        return _backfill(tuple(columns)), close_version
 
     def list(
         self,
@@ -473,7 +478,7 @@ class Backfills:
         context = self._context
         storage = context.storage
         with storage.write():
-            backfill = self.get(backfill_id)
+            backfill, close_version = self._get_with_close_version(backfill_id)
             if backfill.status == BackfillStatus.PENDING:
                 storage.execute(
                     bind(
@@ -510,16 +515,10 @@ class Backfills:
                         id=backfill_id,
                     )
                 )
-                closed = storage.one(
-                    bind(
-                        "SELECT close_version FROM lake.main.backfills WHERE id = :id",
-                        id=backfill_id,
-                    )
-                )
-                assert closed is not None
+                assert close_version is not None
                 self._usage.refresh_changed(
                     backfill_id=backfill_id,
-                    close_version=int(closed[0]),
+                    close_version=close_version,
                     timeframe=_timeframe(backfill),
                 )
                 context.record_commit(version, "revert", backfill_id=backfill_id)
@@ -539,15 +538,19 @@ class Backfills:
                     f"backfill {backfill_id!r} is {backfill.status}, not pending_revert",
                     backfill_id=backfill_id,
                 )
+            now = context.now()
             storage.execute(
                 bind(
                     "UPDATE lake.main.backfills SET status = 'reverted', reverted_at = :now "
                     "WHERE id = :id",
-                    now=context.now(),
+                    now=now,
                     id=backfill_id,
                 )
             )
-            return self.get(backfill_id)
+            # what get() would read back, without the statement
+            return dataclasses.replace(
+                backfill, status=BackfillStatus.REVERTED, reverted_at=from_storage(now)
+            )
 
     def recover(self) -> builtins.list[Backfill]:
         """Finish reverts that a crash interrupted; run when a store opens."""

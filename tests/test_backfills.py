@@ -653,6 +653,7 @@ def test_revert_of_a_reflected_backfill_is_exact(
     reverted = store.backfills.revert(backfill.id)
     assert reverted.status == BackfillStatus.REVERTED
     assert reverted.reverted_at == NOW + HOUR
+    assert store.backfills.get(backfill.id) == reverted
     assert effective(store) == visible
     assert max_version(store) == closed_version + 1
     (operation,) = store.sql(
