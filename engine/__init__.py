@@ -21,6 +21,7 @@ from engine.models import (
     Customer,
     Event,
     IngestResult,
+    Keys,
     Metric,
     Page,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "EngineError",
     "Event",
     "IngestResult",
+    "Keys",
     "Metric",
     "Page",
     "RequestValidationError",

@@ -23,7 +23,7 @@ from sqlglot import exp
 from engine.context import Context
 from engine.errors import ConstraintViolation, RequestValidationError
 from engine.filters import parse_filter, translate_filter
-from engine.models import Backfill, IngestResult
+from engine.models import Backfill, IngestResult, Keys
 from engine.queries import (
     EVENT_COLUMNS,
     ORDINAL_COLUMN,
@@ -183,14 +183,12 @@ class Ingestor:
             .from_("first_copies")
             .order_by("ordinal")
         )
-        flags = keys.column("duplicate").to_pylist()
+        duplicate = keys.column("duplicate")
         # A live event may carry the key of a backfill's event: it becomes the newest version.
-        supersedes = pc.any(
-            pc.and_(pc.invert(keys.column("duplicate")), keys.column("stored_before"))
-        ).as_py()
-        offered = keys.column("idempotency_key").to_pylist()
-        written = [key for key, duplicate in zip(offered, flags, strict=True) if not duplicate]
-        duplicates = [key for key, duplicate in zip(offered, flags, strict=True) if duplicate]
+        supersedes = pc.any(pc.and_(pc.invert(duplicate), keys.column("stored_before"))).as_py()
+        offered = keys.column("idempotency_key")
+        written = Keys(pc.filter(offered, pc.invert(duplicate)))
+        duplicates = Keys(pc.filter(offered, duplicate))
         if written:
             new_events = bind(
                 'SELECT idempotency_key, event_name, "timestamp", customer_id, '

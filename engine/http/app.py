@@ -265,7 +265,7 @@ def _routes(store: Store, *, group_commit: GroupCommit | None) -> APIRouter:
             result = store.ingest(body.events, backfill_id=backfill_id)
         return IngestResponse(
             validation_failed=[],
-            debug=IngestDebug(duplicate=result.duplicates, ingested=result.ingested)
+            debug=IngestDebug(duplicate=list(result.duplicates), ingested=list(result.ingested))
             if debug
             else None,
         )
