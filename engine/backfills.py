@@ -414,6 +414,7 @@ class Backfills:
             )
         )
         promoted_keys = exp.select("idempotency_key").from_(_PROMOTED)
+        stored = self._context.keys.stored_rows(promoted_keys, table="s", newest=version - 1)
         storage.execute(
             insert_rows(
                 SUPERSESSIONS,
@@ -421,9 +422,7 @@ class Backfills:
                     newer=promoted_keys,
                     by_version=version,
                     by_backfill_id=backfill.id,
-                    stored_restriction=self._context.keys.stored_rows(
-                        promoted_keys, table="s", newest=version - 1
-                    ),
+                    stored_restriction=stored,
                 ),
             )
         )
@@ -448,6 +447,8 @@ class Backfills:
             timeframe=_timeframe(backfill),
             promoted=_PROMOTED,
             replacement=_replacement(backfill),
+            # the key index rules out every key having been stored before
+            superseding=stored != exp.false(),
             capture_before=capture_before,
         )
 

@@ -461,7 +461,8 @@ class Usage:
         A close names the temp table holding the rows it promoted, as stored, in ``promoted``
         (reading them back from the store costs a scan of the lake table), and says in
         ``replacement`` that it replaces all of its timeframe and scope (see
-        :class:`Replacement`). A revert gives neither.
+        :class:`Replacement`), and with ``superseding=False`` that none of its keys was stored
+        before. A revert gives neither.
 
         ``capture_before`` keeps the cells of the touched (customer, day)s as they were, in
         the temp tables ``before_cells`` and ``before_distinct``, for :meth:`preview_diff`.
@@ -471,6 +472,16 @@ class Usage:
             return
         storage = self._context.storage
         replaced: _Promoted | None = None
+        if (
+            replacement is not None
+            and not superseding
+            and not capture_before
+            and timeframe is not None
+            and all(moment == _floor_hour(moment) for moment in timeframe)
+        ):
+            assert promoted is not None
+            self._replace_in_timeframe(metrics, promoted, timeframe, replacement.customer_keys)
+            return
         if backfill_id is not None:
             assert timeframe is not None and close_version is not None
             promoted_rows = (
@@ -513,6 +524,33 @@ class Usage:
             for name, table in (("before_cells", USAGE_CELLS), ("before_distinct", USAGE_DISTINCT)):
                 storage.execute(create_temp_table(name, _in_affected_days(table_ref(table))))
         self._refresh_units(metrics, replaced)
+
+    def _replace_in_timeframe(
+        self,
+        metrics: list[_Registered],
+        promoted: str,
+        timeframe: tuple[datetime, datetime],
+        customer_keys: tuple[str, ...] | None,
+    ) -> None:
+        """The cells of a closing :class:`Replacement` of whole hours whose keys are all new:
+        each unit in its timeframe and scope holds its promoted rows alone, and no unit
+        outside changes (its rows lie inside, and supersede nothing). So the cells there are
+        deleted by range and aggregated from the promoted rows, without finding the units the
+        deprecated rows lay in (a pass over every deprecated row: 0.05-0.1 s of a 1-day close
+        of 100k events over 330k at 10M events)."""
+        storage = self._context.storage
+        bucket = exp.column("bucket")
+        conditions: list[exp.Expr] = [
+            bucket >= exp.convert(timeframe[0]),
+            bucket < exp.convert(timeframe[1]),
+        ]
+        if customer_keys is not None:
+            conditions.append(
+                exp.column("customer_key").isin(*(exp.convert(key) for key in customer_keys))
+            )
+        for table in (USAGE_CELLS, USAGE_DISTINCT):
+            storage.execute(exp.delete(table_ref(table), where=exp.and_(*conditions)))
+        self._insert_cells(metrics, promoted)
 
     def _refresh_units(self, metrics: list[_Registered], replaced: _Promoted | None = None) -> None:
         storage = self._context.storage

@@ -90,6 +90,9 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+MINUTE = timedelta(minutes=1)
+
+
 def _actual(
     store: engine.Store, metric: engine.Metric, granularity: str | None, **kwargs: Any
 ) -> dict[tuple[Any, ...], float]:
@@ -308,6 +311,33 @@ def test_a_replace_without_filter_keeps_what_it_does_not_replace(
     assert set(_effective(store)["idempotency_key"].to_list()) == {
         e["idempotency_key"] for e in history
     }
+
+
+def test_a_replace_of_whole_hours_with_new_keys_replaces_its_cells_by_range(
+    store: engine.Store, clock: FakeClock, metrics: dict[str, engine.Metric]
+) -> None:
+    """Such a close deletes every cell in its timeframe and scope and aggregates its own rows:
+    hours it leaves empty lose their cells, other customers' cells stay."""
+    first = (NOW - 9 * HOUR).replace(minute=0, second=0, microsecond=0)
+    store.ingest(_events("h", first, 60))  # acme and globex, 7 minutes apart, 7 hours
+    clock.advance(DAY)
+    scoped = store.backfills.create(
+        timeframe_start=first, timeframe_end=first + 3 * HOUR, external_customer_id="acme"
+    )
+    store.ingest(
+        [event("new1", first + HOUR + 5 * MINUTE, ext="acme", tokens=5, model="other")],
+        backfill_id=scoped.id,
+    )
+    store.backfills.close(scoped.id)
+    _check_all(store, metrics)
+    everyone = store.backfills.create(
+        timeframe_start=first + 4 * HOUR, timeframe_end=first + 6 * HOUR
+    )
+    store.backfills.close(everyone.id)
+    _check_all(store, metrics)
+    assert store.verify() == []
+    store.backfills.revert(scoped.id)
+    _check_all(store, metrics)
 
 
 def test_usage_for_one_customer_by_either_id(
