@@ -109,7 +109,10 @@ class EngineSystem:
         self._store().recompute()
 
     def disk_bytes(self) -> int:
-        return folder_bytes(self.path)
+        """The store without ``tmp/``: DuckDB's spill files, which outlive the statement that
+        spilled (9.3 GB after creating the metrics over 100M events) and are no store data.
+        The saved key index (``key_index/``) counts."""
+        return folder_bytes(self.path) - folder_bytes(self.path / "tmp")
 
     def close(self) -> None:
         if self.store is not None:
