@@ -96,16 +96,18 @@ def bind(sql: str, *, ctes: dict[str, exp.Expr] | None = None, **values: Any) ->
     >>> bind("SELECT * FROM t WHERE k = :key", key="it's").sql()
     "SELECT * FROM t WHERE k = 'it''s'"
     """
-    tree = template(sql).copy()
-    missing = {p.name for p in tree.find_all(exp.Placeholder)} - set(values)
+    parsed = template(sql)
+    missing = {p.name for p in parsed.find_all(exp.Placeholder)} - set(values)
     if missing:
         raise KeyError(f"unbound placeholders: {sorted(missing)}")
     # sqlglot leaves a placeholder bound to None in place; NULL is what None means here.
     literals = {k: exp.null() if v is None else v for k, v in values.items()}
-    tree = exp.replace_placeholders(tree, **literals)
+    # replace_placeholders works on a copy of the cached tree, so the CTEs go into that copy
+    # in place, not into one more copy of the whole tree per CTE
+    tree = exp.replace_placeholders(parsed, **literals)
     for name, query in (ctes or {}).items():
         assert isinstance(tree, exp.Query)
-        tree = tree.with_(name, as_=query)
+        tree = tree.with_(name, as_=query.copy(), copy=False)
     return tree
 
 
