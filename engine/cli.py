@@ -376,6 +376,8 @@ def _open_options(args: argparse.Namespace) -> dict[str, Any]:
         options["clock"] = lambda: now
     if args.grace_period is not None:
         options["grace_period"] = args.grace_period
+    if args.memory_limit is not None:
+        options["memory_limit"] = args.memory_limit
     return options
 
 
@@ -1033,7 +1035,7 @@ def cmd_serve(args: argparse.Namespace, ui: Output) -> int:
         raise UsageError(f"no store at {path}; create one with `usage-engine init`")
     http = _http()
     ui.err.print(Text(f"Serving {path} on http://{args.host}:{args.port} (Ctrl+C stops)"))
-    http.serve(path, host=args.host, port=args.port)
+    http.serve(path, host=args.host, port=args.port, memory_limit=args.memory_limit)
     return EXIT_OK
 
 
@@ -1163,6 +1165,13 @@ def _global_options(*, nested: bool) -> argparse.ArgumentParser:
         metavar="DURATION",
         default=default(None),
         help="how old live events may be (e.g. 12h, 30d; default 12h); older ones need a backfill",
+    )
+    group.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        default=default(None),
+        help="cap DuckDB's memory (e.g. 8GB; default 80%% of RAM); the rest spills to the "
+        "store's tmp/",
     )
     group.add_argument(
         "--debug",

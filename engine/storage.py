@@ -259,9 +259,6 @@ class Storage:
 
     def __init__(self, path: Path, *, memory_limit: str | None = None) -> None:
         self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "data").mkdir(exist_ok=True)
-        (path / "tmp").mkdir(exist_ok=True)
         config: dict[str, Any] = {
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
@@ -273,7 +270,18 @@ class Storage:
         }
         if memory_limit:
             config["memory_limit"] = memory_limit
-        self._connection = duckdb.connect(config=config)
+        try:
+            self._connection = duckdb.connect(config=config)
+        except duckdb.Error as error:
+            # before the folder exists: a bad option creates nothing
+            raise ConstraintViolation(
+                f"memory_limit {memory_limit!r} is not a size DuckDB accepts, such as '8GB' "
+                f"({str(error).splitlines()[0]})",
+                field="memory_limit",
+            ) from None
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "data").mkdir(exist_ok=True)
+        (path / "tmp").mkdir(exist_ok=True)
         # One DuckDB connection is not safe to use from two threads at once.
         self._mutex = threading.RLock()
         self._lock_file = open(path / "write.lock", "a+")  # noqa: SIM115 - held for the store's life

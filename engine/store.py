@@ -211,6 +211,8 @@ def open(  # noqa: A001 - mirrors the builtin on purpose: engine.open(path)
 
     ``clock`` returns the current aware UTC time (inject one in tests). Other processes may
     open the same path: readers see consistent snapshots while one process writes.
+    ``memory_limit`` caps DuckDB's memory (such as ``"8GB"``; DuckDB's default is 80% of RAM,
+    which it keeps as cache once used); what does not fit spills to the store's ``tmp/``.
     """
     settings = Settings(
         grace_period=grace_period,

@@ -299,6 +299,15 @@ def test_metrics(prepared: Prepared) -> None:
 # -- usage ------------------------------------------------------------------------------------
 
 
+def test_memory_limit(prepared: Prepared) -> None:
+    """A global option, passed to ``engine.open``; a bad size is one clear error."""
+    bad = run("--memory-limit", "lots", "customers", "list", store=prepared.store, expect=1)
+    assert "memory_limit 'lots' is not a size DuckDB accepts" in one_error_line(bad)
+    capped = run("--json", "--memory-limit", "256MB", "customers", "list", store=prepared.store)
+    plain = run("--json", "customers", "list", store=prepared.store)
+    assert json.loads(capped.stdout) == json.loads(plain.stdout)
+
+
 def test_usage_matches_the_events(prepared: Prepared) -> None:
     store = prepared.store
     window = ["--timeframe-start", START, "--timeframe-end", END]
@@ -526,7 +535,9 @@ _FAKE_HTTP = """
 import json, sys, types
 from engine.cli import main
 fake = types.ModuleType("engine.http")
-fake.serve = lambda path, host, port: print(json.dumps([str(path), host, port]))
+fake.serve = lambda path, host, port, memory_limit: print(
+    json.dumps([str(path), host, port, memory_limit])
+)
 fake.create_api_key = lambda path: "ue_test_key"
 sys.modules["engine.http"] = fake
 raise SystemExit(main(sys.argv[1:]))
@@ -553,17 +564,18 @@ def _python(code: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def test_serve_and_api_keys_call_engine_http(prepared: Prepared) -> None:
     store = str(prepared.store)
+    listen = ("--host", "0.0.0.0", "--port", "9999")
     with ThreadPoolExecutor(max_workers=2) as pool:
         serve, key, missing = pool.map(
             lambda call: _python(*call),
             [
-                (_FAKE_HTTP, "--store", store, "serve", "--host", "0.0.0.0", "--port", "9999"),
+                (_FAKE_HTTP, "--store", store, "--memory-limit", "2GB", "serve", *listen),
                 (_FAKE_HTTP, "--store", store, "--json", "api-keys", "create"),
                 (_NO_HTTP, "--store", store, "serve"),
             ],
         )
     assert serve.returncode == 0, serve.stderr
-    assert json.loads(serve.stdout) == [store, "0.0.0.0", 9999]
+    assert json.loads(serve.stdout) == [store, "0.0.0.0", 9999, "2GB"]
     assert key.returncode == 0 and json.loads(key.stdout) == {"api_key": "ue_test_key"}
     assert missing.returncode == 1
     assert "engine.http is missing" in missing.stderr and "Traceback" not in missing.stderr

@@ -181,6 +181,18 @@ def test_small_table_rows_are_read_again_only_after_a_change(
         assert reads.count(render(ids)) == 3
 
 
+def test_memory_limit_caps_duckdb_and_a_bad_one_creates_nothing(
+    store_path: Path, clock: FakeClock
+) -> None:
+    with pytest.raises(ConstraintViolation, match="'lots' is not a size") as caught:
+        engine.open(store_path, clock=clock, memory_limit="lots")
+    assert caught.value.fields == {"field": "memory_limit"}
+    assert not store_path.exists()
+    with engine.open(store_path, clock=clock, memory_limit="256MB") as store:
+        (limit,) = store.sql("SELECT current_setting('memory_limit')").fetchone()
+    assert limit == "244.1 MiB"
+
+
 def test_a_failed_open_releases_its_files(store_path: Path, clock: FakeClock) -> None:
     store_path.mkdir()
     (store_path / "catalog.sqlite").write_text("this is not a SQLite database\n" * 100)

@@ -28,16 +28,18 @@ def serve(
     close_interval: float | None = 60.0,
     group_commit: bool = True,
     log_level: str = "info",
+    memory_limit: str | None = None,
 ) -> None:
     """Open the store at ``store_path`` and serve it until interrupted (Ctrl-C or SIGTERM).
 
     Keys: ``api_keys``, else ``USAGE_ENGINE_API_KEYS``, plus those made by
     :func:`engine.http.create_api_key`. One process serves the store; a single worker, because
-    the store's writes go through one connection anyway.
+    the store's writes go through one connection anyway. ``memory_limit`` as for
+    :func:`engine.open`.
 
     >>> serve("data/store", host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
-    with engine.open(store_path) as store:
+    with engine.open(store_path, memory_limit=memory_limit) as store:
         app = create_app(
             store,
             api_keys=api_keys,
