@@ -273,6 +273,8 @@ class Storage:
         try:
             self._connection = duckdb.connect(config=config)
         except duckdb.Error as error:
+            if not memory_limit:
+                raise
             # before the folder exists: a bad option creates nothing
             raise ConstraintViolation(
                 f"memory_limit {memory_limit!r} is not a size DuckDB accepts, such as '8GB' "
