@@ -421,8 +421,8 @@ def _late_deprecations(storage: Storage, written: exp.Select) -> None:
     """Deprecate the rows this commit writes (``written``, from where the writer holds them:
     live events, amendments) that a reflected filtered replace backfill covers: its filter
     keeps applying to events that arrive late. One statement for the backfills whose
-    timeframe meets the rows' time span (live events rarely meet any: a replaced timeframe
-    ends before the grace period), none when no backfill does."""
+    timeframe meets the rows' time span, none when no backfill's does (a live batch lies in
+    the last hours, which a correction of the past rarely reaches)."""
     filtered = storage.small_table_rows(BACKFILLS, bind(_FILTERED_BACKFILLS))
     if not filtered:
         return
