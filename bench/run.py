@@ -5,15 +5,19 @@ with the project's generator (``engine.sample``; cached as Parquet under ``bench
 loads them into every system, then runs each scenario for every system in the same run,
 interleaved (A B C ... A B C ..., the order rotating each repeat) so drift on a shared machine
 hits all alike. Peers live in ``bench/peers``; each does the same work as plainly as its users
-would (see ``bench/peers/base.py``).
+would (see ``bench/peers/base.py``). Each system runs in a process of its own
+(``bench/peers/isolated.py``), which times its calls and reports its peak memory; one killed
+by the kernel fails alone. From 50M events, the systems that take a memory cap get a sixth of
+the machine's memory each (``--memory-limit-gib``), so that all five fit together.
 
 Scenarios: bulk ingest from Parquet; live ingest in 500-event batches; dedup of a batch with
 half duplicates (100k at N >= 1M); close of a 1-day account-wide replace backfill (100k
 events), without and with a deprecation filter; close and revert of a 7-day one-customer
 backfill; usage of one customer over 30 days (p50, p99); full recompute of the 5 metrics; disk
-bytes per event. All systems must also agree on the usage they serve: the run compares every
-system's per-customer totals of the 5 metrics with the engine's at several checkpoints (and
-the usage scenario's results), and records any difference under ``checks``.
+bytes per event; peak memory of each system's process. All systems must also agree on the usage
+they serve: the run compares every system's per-customer totals of the 5 metrics with the
+engine's at several checkpoints (and the usage scenario's results), and records any difference
+under ``checks``.
 
     python bench/run.py --scale 1M                    # smoke, a few minutes
     python bench/run.py                               # 10M, the default
@@ -61,10 +65,11 @@ from peers.base import (  # noqa: E402
     UsageRow,
     normalized,
 )
+from peers.isolated import IsolatedSystem, worker_time  # noqa: E402
+from peers.systems import ALL_SYSTEMS, make_system  # noqa: E402
 
 from engine.sample import generate_events, sample_customers  # noqa: E402
 
-ALL_SYSTEMS = ("engine", "duckdb_script", "polars", "clickhouse", "postgres")
 SCALES = {"1M": 1_000_000, "10M": 10_000_000, "100M": 100_000_000}
 
 SEED_LIVE = 100  # + repeat
@@ -112,6 +117,7 @@ class Params:
     usage_calls: int
     seed: int
     workdir: Path
+    memory_limit_gib: float | None
 
     @property
     def backfill_events(self) -> int:
@@ -197,9 +203,16 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def timed(action: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds ``action`` took, and its result. When it called systems in their worker
+    processes, the seconds are those the workers measured: the pipe is no system's cost."""
+    calls, worker_seconds = worker_time()
     started = time.perf_counter()
     result = action()
-    return time.perf_counter() - started, result
+    elapsed = time.perf_counter() - started
+    calls_after, worker_seconds_after = worker_time()
+    if calls_after > calls:
+        elapsed = worker_seconds_after - worker_seconds
+    return elapsed, result
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -262,35 +275,22 @@ def history_count(parquet: Path, where: str) -> int:
 # -- systems --------------------------------------------------------------------------------
 
 
-def make_system(name: str, workdir: Path) -> System:
-    if name == "engine":
-        from peers.engine_peer import EngineSystem
-
-        return EngineSystem(workdir, clock=lambda: NOW, grace=LIVE_GRACE)
-    if name == "duckdb_script":
-        from peers.duckdb_script import DuckDBScript
-
-        return DuckDBScript(workdir)
-    if name == "polars":
-        from peers.polars_peer import PolarsPeer
-
-        return PolarsPeer(workdir)
-    if name == "clickhouse":
-        from peers.clickhouse import ClickHousePeer
-
-        return ClickHousePeer(workdir)
-    if name == "postgres":
-        from peers.postgres import PostgresPeer
-
-        return PostgresPeer(workdir)
-    raise ValueError(f"unknown system {name!r}; choose from {', '.join(ALL_SYSTEMS)}")
+def memory_limit_for(events: int) -> float | None:
+    """The default cap, in GiB, of each system that takes one: none below 50M events; from
+    there a sixth of the machine's memory, so that five systems, each in its own process, fit
+    together with the runner (at 100M, one process holding every system uncapped was killed
+    at 24 GB)."""
+    if events < 50_000_000:
+        return None
+    total = machine()["memory_bytes"]
+    return max(1.0, round(total / 6 / 2**30, 1)) if total else None
 
 
 class Run:
     def __init__(self, params: Params, names: list[str]) -> None:
         self.params = params
         self.names = names
-        self.systems: dict[str, System] = {}
+        self.systems: dict[str, IsolatedSystem] = {}
         self.scenarios: dict[str, Scenario] = {}
         self.checks: dict[str, dict[str, Any]] = {}
         self.failures: dict[str, str] = {}  # system -> first error, after which it is skipped
@@ -315,7 +315,8 @@ class Run:
             return action()
         except Exception as error:
             message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-            detail = f"{what}: {type(error).__name__}: {message}"
+            kind = getattr(error, "kind", type(error).__name__)
+            detail = f"{what}: {kind}: {message}"
             self.failures[name] = detail
             log(f"  !! {name} failed in {detail}\n{traceback.format_exc()}")
             return None
@@ -386,7 +387,17 @@ class Run:
         for name in self.names:
             log(f"build {name}")
             system = self.attempt(
-                name, "start", lambda name=name: make_system(name, self.params.workdir)
+                name,
+                "start",
+                lambda name=name: IsolatedSystem(
+                    name,
+                    make_system,
+                    name,
+                    self.params.workdir,
+                    NOW,
+                    LIVE_GRACE,
+                    self.params.memory_limit_gib,
+                ),
             )
             if system is None:
                 continue
@@ -639,9 +650,25 @@ class Run:
         self.sample_load("recompute")
         self.totals("after recompute")
 
+    def memory(self) -> None:
+        """Each system's peak resident memory over the run so far."""
+        scenario = self.scenario(
+            "memory", "peak resident memory of the system's process over the run", "GiB"
+        )
+        for name in self.order(0):
+            if name == "postgres":
+                scenario.not_available[name] = "the server runs in processes of its own"
+                continue
+            peak = self.attempt(name, "memory", self.systems[name].peak_memory_bytes)
+            if peak is not None:
+                scenario.add(name, peak / 2**30)
+
     def close(self) -> None:
         for name, system in self.systems.items():
-            self.attempt(name, "shutdown", system.close)
+            try:
+                system.close()
+            except Exception as error:  # a system that died already has its failure recorded
+                log(f"  {name}: shutdown: {type(error).__name__}: {error}")
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -658,6 +685,7 @@ ORDER = (
     "usage_p99",
     "recompute",
     "disk",
+    "memory",
     "materialize",
     "stage_close_1day",
     "stage_close_1day_filter",
@@ -670,6 +698,8 @@ def figure(value: float, unit: str) -> str:
         return f"{value:,.0f}"
     if unit == "bytes/event":
         return f"{value:.1f}"
+    if unit == "GiB":
+        return f"{value:.2f}"
     if unit == "ms":
         return f"{value:.2f}"
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
@@ -791,6 +821,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--usage-calls", type=int, default=100, help="usage calls per repeat")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="kept after the run")
+    parser.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        default=None,
+        help="cap of each system that takes one (engine, DuckDB script, ClickHouse), in GiB; "
+        "default none below 50M events, else a sixth of the machine's memory; 0 for none",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     unknown = sorted(set(names) - set(ALL_SYSTEMS))
@@ -802,6 +839,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-run-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    memory_limit_gib = (
+        memory_limit_for(args.scale) if args.memory_limit_gib is None else args.memory_limit_gib
+    )
     params = Params(
         events=args.scale,
         customers=args.customers,
@@ -810,6 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_calls=args.usage_calls,
         seed=args.seed,
         workdir=workdir,
+        memory_limit_gib=memory_limit_gib or None,
     )
     started = time.perf_counter()
     started_at = datetime.now(UTC)
@@ -839,6 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "dedup_events": params.dedup_events,
                 "seed": params.seed,
                 "history": str(parquet),
+                "memory_limit_gib": params.memory_limit_gib,
             },
             "systems": names,
             "versions": versions,
@@ -866,6 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda: run.one_customer(parquet),
         run.usage,
         run.recompute,
+        run.memory,
     ]
     try:
         for index, phase in enumerate(phases):

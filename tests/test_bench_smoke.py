@@ -67,4 +67,9 @@ def test_every_system_runs_every_scenario_and_agrees(tmp_path: Path) -> None:
         entry = result["checks"][checkpoint]
         assert entry["rows"] > 0, checkpoint
         assert entry["agree"] == dict.fromkeys(SYSTEMS, True), (checkpoint, entry)
+    memory = result["scenarios"]["memory"]
+    for system in SYSTEMS[:-1]:
+        # each system's own process: an interpreter and its libraries hold more than 50 MiB
+        assert memory["values"][system][0] > 50 / 1024, memory
+    assert set(memory["not_available"]) == {"postgres"}
     assert (out.with_suffix(".md")).read_text().count("|") > 50

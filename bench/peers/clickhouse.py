@@ -89,11 +89,13 @@ _COLUMNS = (
 class ClickHousePeer:
     name = "clickhouse"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, memory_limit_gib: float | None = None) -> None:
         self.path = workdir / "clickhouse"
         if self.path.exists():
             shutil.rmtree(self.path)
         self.session = session.Session(str(self.path))
+        if memory_limit_gib:
+            self.query(f"SET max_memory_usage = {int(memory_limit_gib * 2**30)}")
         self.query("CREATE DATABASE IF NOT EXISTS bench")
         self.query("USE bench")
         self.query(_EVENTS_DDL.format(name="events", extra=""))

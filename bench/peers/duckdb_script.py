@@ -58,7 +58,7 @@ def _day_name(day: datetime) -> str:
 class DuckDBScript:
     name = "duckdb_script"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, memory_limit_gib: float | None = None) -> None:
         self.root = workdir / "duckdb-script"
         self.events = self.root / "events"
         self.rollup = self.root / "rollup"
@@ -68,6 +68,8 @@ class DuckDBScript:
             folder.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
+        if memory_limit_gib:
+            self.con.execute(f"SET memory_limit = '{memory_limit_gib}GiB'")
         self.scopes: dict[str, Scope] = {}
 
     def version(self) -> str:

@@ -30,10 +30,17 @@ LOAD_CHUNK = 1_000_000
 class EngineSystem:
     name = "engine"
 
-    def __init__(self, workdir: Path, clock: Callable[[], datetime], grace: timedelta) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        clock: Callable[[], datetime],
+        grace: timedelta,
+        memory_limit: str | None = None,
+    ) -> None:
         self.path = workdir / "engine-store"
         self.clock = clock
         self.grace = grace
+        self.memory_limit = memory_limit
         self.store: engine.Store | None = None
         self.metric_ids: dict[str, str] = {}
 
@@ -44,7 +51,12 @@ class EngineSystem:
         # Opened with the run's grace period once the history is in: replace backfills must
         # end before now - grace, live events may be up to grace old.
         if self.store is None:
-            self.store = engine.open(self.path, clock=self.clock, grace_period=self.grace)
+            self.store = engine.open(
+                self.path,
+                clock=self.clock,
+                grace_period=self.grace,
+                memory_limit=self.memory_limit,
+            )
         return self.store
 
     def bulk_load(self, parquet: Path) -> int:
@@ -52,7 +64,12 @@ class EngineSystem:
         loads a Parquet file: one commit of 100M events grew the process past this machine's
         24 GB, and it was killed."""
         loaded = 0
-        with engine.open(self.path, clock=self.clock, grace_period=HISTORY_GRACE) as store:
+        with engine.open(
+            self.path,
+            clock=self.clock,
+            grace_period=HISTORY_GRACE,
+            memory_limit=self.memory_limit,
+        ) as store:
             for batch in pq.ParquetFile(parquet).iter_batches(batch_size=LOAD_CHUNK):
                 loaded += len(store.ingest(pa.Table.from_batches([batch])).ingested)
         return loaded
