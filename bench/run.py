@@ -317,7 +317,7 @@ class Run:
             message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
             kind = getattr(error, "kind", type(error).__name__)
             detail = f"{what}: {kind}: {message}"
-            self.failures[name] = detail
+            self.failures.setdefault(name, detail)
             log(f"  !! {name} failed in {detail}\n{traceback.format_exc()}")
             return None
 
@@ -914,8 +914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for index, phase in enumerate(phases):
             phase()
             if index == 0:
-                for name, system in run.systems.items():
-                    versions[name] = run.attempt(name, "version", system.version)
+                for name in run.order(0):
+                    versions[name] = run.attempt(name, "version", run.systems[name].version)
             write(complete=False)
     finally:
         run.close()

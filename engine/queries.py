@@ -28,6 +28,7 @@ __all__ = [
     "all_events",
     "bind",
     "create_temp_table",
+    "drop_temp_table",
     "customer_key",
     "customer_keys_of",
     "customer_scope",
@@ -120,6 +121,12 @@ def create_temp_table(name: str, query: exp.Expr) -> exp.Create:
         replace=True,
         properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
     )
+
+
+def drop_temp_table(name: str) -> exp.Drop:
+    """``DROP TABLE IF EXISTS name``, for a temporary table whose rows are no longer needed
+    (DuckDB keeps them in memory, or spilled to the store's ``tmp/``, until then)."""
+    return exp.Drop(tables=[exp.to_table(name)], kind="TABLE", exists=True)
 
 
 def table_ref(table: Table | str, alias: str | None = None) -> exp.Table:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -33,11 +33,13 @@ from engine.queries import (
     bind,
     create_temp_table,
     customer_key,
+    drop_temp_table,
     effective_events,
     hour_bucket,
     insert_rows,
     reflected_backfills,
     table_ref,
+    template,
     union_all,
     units_join,
 )
@@ -640,7 +642,8 @@ class Usage:
     def rebuild(
         self, metric_ids: list[str] | None = None, *, progress: Progress | None = None
     ) -> None:
-        """Recompute the cells of some metrics (all by default) from every effective event."""
+        """Recompute the cells of some metrics (all by default) from every effective event,
+        a slice of whole days at a time (see :func:`_day_slices`), in one commit."""
         metrics = self._registered(metric_ids)
         storage = self._context.storage
         with storage.write():
@@ -651,14 +654,17 @@ class Usage:
                 storage.execute(
                     exp.delete(table_ref(table), where=exp.column("metric_id").isin(*ids))
                 )
+            days = storage.rows(template(_STORED_ROWS_PER_DAY))
+            slices = _day_slices([(day, int(rows)) for day, rows in days], _SLICE_ROWS)
             if progress:
-                progress(0, 2)
-            storage.execute(create_temp_table("all_effective", effective_events()))
-            if progress:
-                progress(1, 2)
-            self._insert_cells(metrics, "all_effective")
-            if progress:
-                progress(2, 2)
+                progress(0, len(slices))
+            for done, (start, end) in enumerate(slices, start=1):
+                events = effective_events(timeframe_start=start, timeframe_end=end)
+                storage.execute(create_temp_table("slice_events", events))
+                self._insert_cells(metrics, "slice_events")
+                if progress:
+                    progress(done, len(slices))
+            storage.execute(drop_temp_table("slice_events"))
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -918,6 +924,37 @@ class Usage:
             pl.col("timeframe_start").dt.replace_time_zone("UTC"),
             pl.col("timeframe_end").dt.replace_time_zone("UTC"),
         )
+
+
+#: Stored rows per day of the history a rebuild aggregates at once: a slice's effective events
+#: are a temporary table, which DuckDB spills to the store's ``tmp/`` beyond its memory limit.
+#: All 100M events at once left 23 GB of spill files there (capped at 3.9 GiB), which DuckDB
+#: keeps until the store is closed.
+_SLICE_ROWS = 4_000_000
+
+_STORED_ROWS_PER_DAY = """
+SELECT CAST("timestamp" AS DATE) AS day, count(*) AS stored_rows
+FROM lake.main.stored_events GROUP BY 1 ORDER BY 1
+"""
+
+
+def _day_slices(
+    days: list[tuple[date, int]], most_rows: int
+) -> list[tuple[datetime | None, datetime | None]]:
+    """Consecutive runs of the (sorted) days, each holding at most ``most_rows`` stored rows
+    unless one day alone holds more, as ``[start, end)`` timeframes; the first is open at the
+    start and the last at the end, so together they cover all time. One open slice when there
+    are no days."""
+    bounds: list[datetime] = []  # the first day of every slice after the first
+    held = 0
+    for day, rows in days:
+        if held and held + rows > most_rows:
+            bounds.append(datetime(day.year, day.month, day.day))
+            held = 0
+        held += rows
+    starts: list[datetime | None] = [None, *bounds]
+    ends: list[datetime | None] = [*bounds, None]
+    return list(zip(starts, ends, strict=True))
 
 
 _VERIFY_CELLS = """

@@ -17,6 +17,7 @@ from procs.common import DAY, HOUR, NOW, FakeClock, event
 
 import engine
 from engine.errors import ConstraintViolation, ResourceConflict, ResourceNotFound
+from engine.usage import _day_slices as day_slices
 
 START = NOW - 5 * DAY
 END = NOW + DAY
@@ -365,6 +366,64 @@ def test_recompute_rebuilds_what_verify_checks(
     assert store.verify() == []
     with pytest.raises(ResourceNotFound):
         store.recompute("no-such-metric")
+
+
+def test_recompute_by_slices_of_days_gives_the_same_cells(
+    store: engine.Store, metrics: dict[str, engine.Metric], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a slice per day, a key re-sent on a later day and a filtered replace still leave
+    exactly the cells that commits maintained one by one."""
+    first = (NOW - 4 * DAY).replace(hour=0, minute=0)
+    adding = store.backfills.create(
+        timeframe_start=first, timeframe_end=first + 3 * DAY, replace_existing_events=False
+    )
+    history = [_events(f"day{d}-", first + d * DAY + HOUR, 30) for d in range(3)]
+    store.ingest([e for day in history for e in day], backfill_id=adding.id)
+    store.backfills.close(adding.id)
+    # the row of day 0 that this one supersedes lies in another slice
+    resend = store.backfills.create(
+        timeframe_start=first + 2 * DAY,
+        timeframe_end=first + 3 * DAY,
+        replace_existing_events=False,
+    )
+    store.ingest(
+        [event("day0-5", first + 2 * DAY + 5 * HOUR, ext="acme", name="completion", tokens=3)],
+        backfill_id=resend.id,
+    )
+    store.backfills.close(resend.id)
+    replace = store.backfills.create(
+        timeframe_start=first + DAY,
+        timeframe_end=first + 2 * DAY,
+        deprecation_filter="model = 'gpt-4o'",
+    )
+    store.ingest(
+        [event("new", first + DAY + 2 * HOUR, ext="globex", name="completion", tokens=1)],
+        backfill_id=replace.id,
+    )
+    store.backfills.close(replace.id)
+    maintained = {name: _actual(store, metric, "hour") for name, metric in metrics.items()}
+
+    monkeypatch.setattr(engine.usage, "_SLICE_ROWS", 1)
+    progress: list[tuple[int, int]] = []
+    store.recompute(progress=lambda done, total: progress.append((done, total)))
+
+    assert progress == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert {name: _actual(store, metric, "hour") for name, metric in metrics.items()} == maintained
+    assert store.verify() == []
+    _check_all(store, metrics)
+
+
+def test_day_slices_hold_at_most_the_rows_asked_unless_one_day_holds_more() -> None:
+    d = [datetime(2026, 10, day).date() for day in range(1, 6)]
+    at = [datetime(2026, 10, day) for day in range(1, 6)]
+    assert day_slices([], 10) == [(None, None)]
+    assert day_slices([(d[0], 3), (d[1], 4)], 10) == [(None, None)]
+    assert day_slices([(d[0], 6), (d[1], 4), (d[2], 1), (d[3], 20), (d[4], 2)], 10) == [
+        (None, at[2]),
+        (at[2], at[3]),
+        (at[3], at[4]),
+        (at[4], None),
+    ]
 
 
 def test_volume_counts_effective_events_per_hour(store: engine.Store) -> None:
