@@ -858,47 +858,49 @@ class Usage:
         return int(row[0]) if row else 0
 
     def verify(self) -> list[dict[str, Any]]:
-        """Every cell where the materialized usage differs from a from-scratch computation."""
+        """Every cell where the materialized usage differs from a from-scratch computation,
+        per metric in time order, computed a slice of days at a time (as :meth:`rebuild`)."""
         metrics = self._registered()
         storage = self._context.storage
 
         def read() -> list[dict[str, Any]]:
-            mismatches: list[dict[str, Any]] = []
-            storage.execute(create_temp_table("verify_events", effective_events()))
-            for metric in metrics:
-                storage.execute(
-                    create_temp_table("expected_cells", _cells(metric, "verify_events"))
-                )
-                rows = storage.arrow(
-                    bind(
-                        _VERIFY_CELLS,
-                        ctes={
-                            "actual": exp.select("*")
-                            .from_(table_ref(USAGE_CELLS))
-                            .where(exp.column("metric_id").eq(exp.convert(metric.metric.id)))
-                        },
-                    )
-                ).to_pylist()
-                if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT:
-                    storage.execute(
-                        create_temp_table(
-                            "expected_distinct", _distinct_values(metric, "verify_events")
-                        )
-                    )
-                    rows += storage.arrow(
-                        bind(
-                            _VERIFY_DISTINCT,
-                            ctes={
-                                "actual": exp.select("*")
-                                .from_(table_ref(USAGE_DISTINCT))
-                                .where(exp.column("metric_id").eq(exp.convert(metric.metric.id)))
-                            },
-                        )
-                    ).to_pylist()
-                mismatches += [{"metric_id": metric.metric.id, **row} for row in rows]
-            return mismatches
+            found: dict[str, list[dict[str, Any]]] = {m.metric.id: [] for m in metrics}
+            days = storage.rows(template(_STORED_ROWS_PER_DAY))
+            for start, end in _day_slices([(day, int(rows)) for day, rows in days], _SLICE_ROWS):
+                events = effective_events(timeframe_start=start, timeframe_end=end)
+                storage.execute(create_temp_table("verify_events", events))
+                for metric in metrics:
+                    found[metric.metric.id] += self._mismatches(metric, start, end)
+            for table in ("verify_events", "expected_cells", "expected_distinct"):
+                storage.execute(drop_temp_table(table))
+            return [{"metric_id": id_, **row} for id_, rows in found.items() for row in rows]
 
         return storage.consistent_read(read)
+
+    def _mismatches(
+        self, metric: _Registered, start: datetime | None, end: datetime | None
+    ) -> list[dict[str, Any]]:
+        """The cells of ``metric`` in buckets from ``start`` to ``end`` whose materialized value
+        differs from the one computed from the effective events in ``verify_events``."""
+        storage = self._context.storage
+        bucket = exp.column("bucket")
+        in_slice: list[exp.Expr] = [exp.column("metric_id").eq(exp.convert(metric.metric.id))]
+        if start is not None:
+            in_slice.append(bucket >= exp.convert(start))
+        if end is not None:
+            in_slice.append(bucket < exp.convert(end))
+        storage.execute(create_temp_table("expected_cells", _cells(metric, "verify_events")))
+        actual = exp.select("*").from_(table_ref(USAGE_CELLS)).where(*in_slice)
+        rows: list[dict[str, Any]] = storage.arrow(
+            bind(_VERIFY_CELLS, ctes={"actual": actual})
+        ).to_pylist()
+        if metric.parsed.aggregate is Aggregate.COUNT_DISTINCT:
+            storage.execute(
+                create_temp_table("expected_distinct", _distinct_values(metric, "verify_events"))
+            )
+            actual = exp.select("*").from_(table_ref(USAGE_DISTINCT)).where(*in_slice)
+            rows += storage.arrow(bind(_VERIFY_DISTINCT, ctes={"actual": actual})).to_pylist()
+        return rows
 
     def volume(
         self, *, timeframe_start: datetime | str, timeframe_end: datetime | str | None

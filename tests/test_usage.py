@@ -14,9 +14,12 @@ from typing import Any
 import polars as pl
 import pytest
 from procs.common import DAY, HOUR, NOW, FakeClock, event
+from sqlglot import exp
 
 import engine
 from engine.errors import ConstraintViolation, ResourceConflict, ResourceNotFound
+from engine.queries import table_ref
+from engine.schema import USAGE_CELLS
 from engine.usage import _day_slices as day_slices
 
 START = NOW - 5 * DAY
@@ -411,6 +414,21 @@ def test_recompute_by_slices_of_days_gives_the_same_cells(
     assert {name: _actual(store, metric, "hour") for name, metric in metrics.items()} == maintained
     assert store.verify() == []
     _check_all(store, metrics)
+
+    # verify, by slices too, finds the cells of the middle day lost behind the engine's back
+    middle = (first + DAY).replace(tzinfo=None)
+    bucket = exp.column("bucket")
+    with store._storage.write():
+        store._storage.execute(
+            exp.delete(
+                table_ref(USAGE_CELLS),
+                where=(bucket >= exp.convert(middle)) & (bucket < exp.convert(middle + DAY)),
+            )
+        )
+    lost = store.verify()
+    assert lost
+    assert {row["bucket"].date() for row in lost} == {middle.date()}
+    assert {row["metric_id"] for row in lost} == {metric.id for metric in metrics.values()}
 
 
 def test_day_slices_hold_at_most_the_rows_asked_unless_one_day_holds_more() -> None:
