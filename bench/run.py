@@ -416,10 +416,13 @@ class Run:
             if made is None:
                 continue
             build.add(name, made[0])
-            disk.add(name, system.disk_bytes() / events)
+            stored = self.attempt(name, "disk", system.disk_bytes)
+            if stored is None:
+                continue
+            disk.add(name, stored / events)
             log(
                 f"  {name}: {events / seconds:,.0f} events/s, metrics {made[0]:.2f} s, "
-                f"{system.disk_bytes() / events:.1f} bytes/event"
+                f"{stored / events:.1f} bytes/event"
             )
         self.sample_load("build")
         self.totals("after bulk ingest")

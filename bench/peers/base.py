@@ -12,6 +12,8 @@ that scope"; the deleted rows are kept in an archive table so that a revert can 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -119,8 +121,14 @@ class System(Protocol):
 
 
 def folder_bytes(path: Path) -> int:
-    """Total size of the files under ``path``."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Total size of the files under ``path``. Files and folders that vanish during the walk
+    (ClickHouse merges parts in the background) are not counted."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
 
 
 def normalized(rows: Sequence[UsageRow]) -> list[UsageRow]:
