@@ -928,10 +928,10 @@ class Usage:
         )
 
 
-#: Stored rows per day of the history a rebuild aggregates at once: a slice's effective events
-#: are a temporary table, which DuckDB spills to the store's ``tmp/`` beyond its memory limit.
-#: All 100M events at once left 23 GB of spill files there (capped at 3.9 GiB), which DuckDB
-#: keeps until the store is closed.
+#: Stored rows that a rebuild or a verify aggregates at once, in whole days: a slice's effective
+#: events are a temporary table, which DuckDB spills to the store's ``tmp/`` beyond its memory
+#: limit. All 100M events at once left 23 GB of spill files there (capped at 3.9 GiB), which
+#: DuckDB keeps until the store is closed; by slices, none, and the rebuild took 89 s, not 134.
 _SLICE_ROWS = 4_000_000
 
 _STORED_ROWS_PER_DAY = """
