@@ -668,9 +668,12 @@ class Run:
 
     def close(self) -> None:
         for name, system in self.systems.items():
+            if name not in self.failures:
+                self.attempt(name, "shutdown", system.close)
+                continue
             try:
                 system.close()
-            except Exception as error:  # a system that died already has its failure recorded
+            except Exception as error:  # its first failure is the one recorded
                 log(f"  {name}: shutdown: {type(error).__name__}: {error}")
 
 

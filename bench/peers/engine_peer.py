@@ -35,6 +35,7 @@ class EngineSystem:
         workdir: Path,
         clock: Callable[[], datetime],
         grace: timedelta,
+        *,
         memory_limit: str | None = None,
     ) -> None:
         self.path = workdir / "engine-store"
