@@ -654,8 +654,7 @@ class Usage:
                 storage.execute(
                     exp.delete(table_ref(table), where=exp.column("metric_id").isin(*ids))
                 )
-            days = storage.rows(template(_STORED_ROWS_PER_DAY))
-            slices = _day_slices([(day, int(rows)) for day, rows in days], _SLICE_ROWS)
+            slices = self._history_slices()
             if progress:
                 progress(0, len(slices))
             for done, (start, end) in enumerate(slices, start=1):
@@ -865,8 +864,7 @@ class Usage:
 
         def read() -> list[dict[str, Any]]:
             found: dict[str, list[dict[str, Any]]] = {m.metric.id: [] for m in metrics}
-            days = storage.rows(template(_STORED_ROWS_PER_DAY))
-            for start, end in _day_slices([(day, int(rows)) for day, rows in days], _SLICE_ROWS):
+            for start, end in self._history_slices():
                 events = effective_events(timeframe_start=start, timeframe_end=end)
                 storage.execute(create_temp_table("verify_events", events))
                 for metric in metrics:
@@ -876,6 +874,11 @@ class Usage:
             return [{"metric_id": id_, **row} for id_, rows in found.items() for row in rows]
 
         return storage.consistent_read(read)
+
+    def _history_slices(self) -> list[tuple[datetime | None, datetime | None]]:
+        """All history as slices of whole days of at most ``_SLICE_ROWS`` stored rows."""
+        days = self._context.storage.rows(template(_STORED_ROWS_PER_DAY))
+        return _day_slices([(day, int(rows)) for day, rows in days], _SLICE_ROWS)
 
     def _mismatches(
         self, metric: _Registered, start: datetime | None, end: datetime | None
