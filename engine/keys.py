@@ -33,6 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -97,6 +98,7 @@ _SEGMENT_NAME = re.compile(r"(\d+)-(\d+)\.bin")
 
 Entries = npt.NDArray[np.uint64]
 Days = npt.NDArray[np.int64]
+_Words = TypeVar("_Words", Entries, Days)
 
 
 class KeyIndex:
@@ -229,8 +231,7 @@ class KeyIndex:
             keys.subquery("k")
         )
         hashes = self._storage.arrow(query).column(0).to_numpy().astype(np.uint64, copy=False)
-        prefixes: Entries = np.unique(hashes & _PREFIX_MASK)
-        return prefixes
+        return _sorted_distinct(hashes & _PREFIX_MASK)
 
     def _days_of(self, prefixes: Entries) -> Days:
         """The distinct day fields of the entries with these (sorted) prefixes, sorted."""
@@ -252,7 +253,7 @@ class KeyIndex:
             found.append((run[np.repeat(first, counts) + offsets] & _DAY_MASK).astype(np.int64))
         if not found:
             return np.empty(0, dtype=np.int64)
-        return np.unique(np.concatenate(found))
+        return _sorted_distinct(np.concatenate(found))
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,16 @@ class _Segments:
 def _checksum(entries: Entries) -> int:
     """The entries' sum modulo 2**64: a torn or damaged file fails it."""
     return int(np.add.reduce(entries, dtype=np.uint64)) if len(entries) else 0
+
+
+def _sorted_distinct(values: _Words) -> _Words:
+    """The distinct values, sorted. ``np.unique`` took 0.65-1.0 s for the hashes of a
+    1M-row ingest batch (NumPy 2.4 dedups by hashing first); a sort and a neighbour
+    comparison take 0.06 s."""
+    ordered = np.sort(values)
+    keep = np.ones(len(ordered), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
 
 
 def _merged(older: Entries, newer: Entries) -> Entries:
