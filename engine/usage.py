@@ -193,50 +193,134 @@ def _metric(row: tuple[Any, ...]) -> Metric:
     )
 
 
-def _cells(metric: _Registered, source: str) -> exp.Select:
-    """Hour cells of ``metric`` aggregated from the event rows of table ``source``."""
+@dataclass(frozen=True)
+class _Terms:
+    """A metric's row-level expressions over event rows ``e``: the value it aggregates, the
+    rows it counts, its group, and the cell's customer key and hour."""
+
+    value: exp.Expr
+    where: exp.Expr
+    group: exp.Expr
+    customer_key: exp.Expr
+    bucket: exp.Expr
+
+    @classmethod
+    def of(cls, metric: _Registered) -> _Terms:
+        parsed = metric.parsed
+        return cls(
+            parsed.value(table="e"),
+            parsed.where(table="e"),
+            parsed.group_value(table="e"),
+            customer_key(table="e"),
+            hour_bucket(table="e"),
+        )
+
+
+def _cells(metric: _Registered, source: str, terms: _Terms | None = None) -> exp.Select:
+    """Hour cells of ``metric`` aggregated from the event rows of table ``source`` (read through
+    ``terms`` when the table holds them computed, see :func:`_with_property_terms`)."""
     parsed = metric.parsed
-    value = parsed.value(table="e")
+    terms = terms or _Terms.of(metric)
+
+    def value() -> exp.Expr:
+        return terms.value.copy()
+
     return (
         exp.select(
             exp.alias_(exp.convert(metric.metric.id), "metric_id"),
-            exp.alias_(customer_key(table="e"), "customer_key"),
+            exp.alias_(terms.customer_key.copy(), "customer_key"),
             exp.alias_(exp.func("any_value", exp.column("customer_id", table="e")), "customer_id"),
             exp.alias_(
                 exp.func("any_value", exp.column("external_customer_id", table="e")),
                 "external_customer_id",
             ),
-            exp.alias_(hour_bucket(table="e"), "bucket"),
-            exp.alias_(parsed.group_value(table="e"), "group_value"),
-            exp.alias_(exp.func("count", value), "events"),
-            exp.alias_(exp.func("sum", value) if _numeric(parsed) else exp.null(), "total"),
-            exp.alias_(exp.func("min", value) if _numeric(parsed) else exp.null(), "minimum"),
-            exp.alias_(exp.func("max", value) if _numeric(parsed) else exp.null(), "maximum"),
+            exp.alias_(terms.bucket.copy(), "bucket"),
+            exp.alias_(terms.group.copy(), "group_value"),
+            exp.alias_(exp.func("count", value()), "events"),
+            exp.alias_(exp.func("sum", value()) if _numeric(parsed) else exp.null(), "total"),
+            exp.alias_(exp.func("min", value()) if _numeric(parsed) else exp.null(), "minimum"),
+            exp.alias_(exp.func("max", value()) if _numeric(parsed) else exp.null(), "maximum"),
         )
         .from_(exp.to_table(source).as_("e"))
-        .where(parsed.where(table="e"))
-        .group_by(customer_key(table="e"), hour_bucket(table="e"), parsed.group_value(table="e"))
-        .having(exp.func("count", value) > exp.Literal.number(0))
+        .where(terms.where.copy())
+        .group_by(terms.customer_key.copy(), terms.bucket.copy(), terms.group.copy())
+        .having(exp.func("count", value()) > exp.Literal.number(0))
     )
 
 
-def _distinct_values(metric: _Registered, source: str) -> exp.Select:
-    parsed = metric.parsed
-    value = parsed.value(table="e")
+def _distinct_values(metric: _Registered, source: str, terms: _Terms | None = None) -> exp.Select:
+    terms = terms or _Terms.of(metric)
     return (
         exp.select(
             exp.alias_(exp.convert(metric.metric.id), "metric_id"),
-            exp.alias_(customer_key(table="e"), "customer_key"),
+            exp.alias_(terms.customer_key.copy(), "customer_key"),
             exp.alias_(exp.column("customer_id", table="e"), "customer_id"),
             exp.alias_(exp.column("external_customer_id", table="e"), "external_customer_id"),
-            exp.alias_(hour_bucket(table="e"), "bucket"),
-            exp.alias_(parsed.group_value(table="e"), "group_value"),
-            exp.alias_(value, "value"),
+            exp.alias_(terms.bucket.copy(), "bucket"),
+            exp.alias_(terms.group.copy(), "group_value"),
+            exp.alias_(terms.value.copy(), "value"),
         )
         .distinct()
         .from_(exp.to_table(source).as_("e"))
-        .where(exp.and_(parsed.where(table="e"), value.is_(exp.null()).not_()))
+        .where(exp.and_(terms.where.copy(), terms.value.copy().is_(exp.null()).not_()))
     )
+
+
+#: The event columns every metric's cells read (the customer's ids).
+_CELL_KEY_COLUMNS = ("customer_id", "external_customer_id")
+
+
+def _with_property_terms(
+    metrics: list[_Registered], events: exp.Expr
+) -> tuple[exp.Select, dict[str, _Terms]]:
+    """``events`` (rows of the event columns) narrowed for aggregating ``metrics``: the
+    customer key and the hour, and each part of their terms that reads only ``properties`` (a
+    JSON extraction and what is made of it: a cast, a type test, a whole filter on properties),
+    computed once per row as columns of their own, and only the event columns the terms still
+    read. Returns that query and each metric's terms over it.
+
+    Every metric's terms otherwise parse each row's JSON for each property they name (tokens
+    twice for the sample metrics), and a temporary table of the events copies the JSON text:
+    at 10M events, one slice of 3.2M rows took 1.1 s to copy and 1.4 s to aggregate."""
+    computed: dict[str, tuple[str, exp.Expr]] = {}
+
+    def lift(node: exp.Expr) -> exp.Expr:
+        columns = list(node.find_all(exp.Column))
+        if (
+            isinstance(node, exp.Column)
+            or not columns
+            or any(column.name != "properties" for column in columns)
+        ):
+            return node
+        name, _ = computed.setdefault(node.sql(), (f"__property_term_{len(computed)}", node.copy()))
+        return exp.column(name, table="e")
+
+    terms: dict[str, _Terms] = {}
+    for metric in metrics:
+        plain = _Terms.of(metric)
+        terms[metric.metric.id] = _Terms(
+            plain.value.transform(lift),
+            plain.where.transform(lift),
+            plain.group.transform(lift),
+            exp.column("__customer_key", table="e"),
+            exp.column("__bucket", table="e"),
+        )
+    assert isinstance(events, exp.Query)
+    lifted = {name for name, _ in computed.values()}
+    read = {
+        column.name
+        for term in terms.values()
+        for part in (term.value, term.where, term.group)
+        for column in part.find_all(exp.Column)
+    }
+    event_columns = [*_CELL_KEY_COLUMNS, *sorted(read - lifted - set(_CELL_KEY_COLUMNS))]
+    query = exp.select(
+        *(exp.column(name, table="e", quoted=True) for name in event_columns),
+        exp.alias_(customer_key(table="e"), "__customer_key"),
+        exp.alias_(hour_bucket(table="e"), "__bucket"),
+        *(exp.alias_(tree, name) for name, tree in computed.values()),
+    ).from_(events.subquery("e"))
+    return query, terms
 
 
 def _numeric(parsed: ParsedMetric) -> bool:
@@ -617,24 +701,39 @@ class Usage:
                 distinct=False,
             )
         )
-        storage.execute(create_temp_table("unit_events", rows))
-        self._insert_cells(metrics, "unit_events")
+        narrowed, terms = _with_property_terms(metrics, rows)
+        storage.execute(create_temp_table("unit_events", narrowed))
+        self._insert_cells(metrics, "unit_events", terms)
 
-    def _insert_cells(self, metrics: list[_Registered], source: str) -> None:
+    def _insert_cells(
+        self,
+        metrics: list[_Registered],
+        source: str,
+        terms: Mapping[str, _Terms] | None = None,
+    ) -> None:
+        """Insert the cells of ``metrics`` aggregated from table ``source``, read through
+        ``terms`` (by metric id) when given."""
         storage = self._context.storage
+        terms = terms or {}
         # One INSERT for all metrics: each INSERT writes a file per day partition it touches,
         # and a commit's cost grows with the files it adds. The partial delete files that
         # larger files led DuckLake to write are read safely since Storage.consistent_read
         # (RELIABILITY.md, "DuckLake partial deletes").
         storage.execute(
-            insert_rows(USAGE_CELLS, union_all([_cells(m, source) for m in metrics]), _CELL_COLUMNS)
+            insert_rows(
+                USAGE_CELLS,
+                union_all([_cells(m, source, terms.get(m.metric.id)) for m in metrics]),
+                _CELL_COLUMNS,
+            )
         )
         distinct = [m for m in metrics if m.parsed.aggregate is Aggregate.COUNT_DISTINCT]
         if distinct:
             storage.execute(
                 insert_rows(
                     USAGE_DISTINCT,
-                    union_all([_distinct_values(m, source) for m in distinct]),
+                    union_all(
+                        [_distinct_values(m, source, terms.get(m.metric.id)) for m in distinct]
+                    ),
                     _DISTINCT_COLUMNS,
                 )
             )
@@ -658,9 +757,11 @@ class Usage:
             if progress:
                 progress(0, len(slices))
             for done, (start, end) in enumerate(slices, start=1):
-                events = effective_events(timeframe_start=start, timeframe_end=end)
+                events, terms = _with_property_terms(
+                    metrics, effective_events(timeframe_start=start, timeframe_end=end)
+                )
                 storage.execute(create_temp_table("slice_events", events))
-                self._insert_cells(metrics, "slice_events")
+                self._insert_cells(metrics, "slice_events", terms)
                 if progress:
                     progress(done, len(slices))
             storage.execute(drop_temp_table("slice_events"))

@@ -21,6 +21,7 @@ from engine.errors import ConstraintViolation, ResourceConflict, ResourceNotFoun
 from engine.queries import table_ref
 from engine.schema import USAGE_CELLS
 from engine.usage import _day_slices as day_slices
+from engine.usage import _with_property_terms as with_property_terms
 
 START = NOW - 5 * DAY
 END = NOW + DAY
@@ -429,6 +430,67 @@ def test_recompute_by_slices_of_days_gives_the_same_cells(
     assert lost
     assert {row["bucket"].date() for row in lost} == {middle.date()}
     assert {row["metric_id"] for row in lost} == {metric.id for metric in metrics.values()}
+
+
+PROPERTY_METRICS = {
+    # the whole filter reads properties alone, and shares `tokens` with the value
+    "big_gpt": "SELECT sum(tokens) FROM events WHERE model = 'gpt-4o' AND tokens > 20",
+    "big_gpt_max": "SELECT max(tokens) FROM events WHERE model = 'gpt-4o' AND tokens > 20",
+    # a filter of an event column and a property
+    "small_regions": (
+        "SELECT count(DISTINCT region) FROM events "
+        "WHERE event_name = 'completion' AND model = 'small'"
+    ),
+    "mean_by_model": "SELECT avg(tokens) FROM events GROUP BY model",
+    "heavy_by_region": "SELECT count(*) FROM events WHERE tokens > 100 GROUP BY region",
+    "all": "SELECT count(*) FROM events",
+}
+
+
+def test_rebuilt_cells_read_each_property_once_and_equal_the_maintained_ones(
+    store: engine.Store,
+) -> None:
+    """Recompute and a metric's creation aggregate from rows with the metrics' property terms
+    computed as columns; their cells equal those the commits maintained from the raw rows."""
+    metrics = {n: store.metrics.create(name=n, sql=s) for n, s in PROPERTY_METRICS.items()}
+    odd = [
+        event("no-model", NOW - 3 * HOUR, name="completion", tokens=500),
+        event("text-tokens", NOW - 3 * HOUR, name="completion", model="gpt-4o", tokens="77"),
+        event("bool-model", NOW - 2 * HOUR, name="completion", model=True, region="eu"),
+    ]
+    store.ingest(_events("a", NOW - 5 * HOUR, 40) + odd)
+    replace = store.backfills.create(
+        timeframe_start=NOW - 5 * HOUR,
+        timeframe_end=NOW - 4 * HOUR,
+        deprecation_filter="region = 'eu'",
+    )
+    store.ingest(_events("b", NOW - 5 * HOUR, 6), backfill_id=replace.id)
+    store.backfills.close(replace.id)
+    maintained = {name: _actual(store, metric, "hour") for name, metric in metrics.items()}
+    assert all(maintained.values())
+
+    store.recompute()
+    assert {name: _actual(store, m, "hour") for name, m in metrics.items()} == maintained
+    created = {
+        name: _actual(store, store.metrics.create(name=f"{name} again", sql=sql), "hour")
+        for name, sql in PROPERTY_METRICS.items()
+    }
+    assert created == maintained
+    assert store.verify() == []
+
+    registered = store._usage._registered([m.id for m in metrics.values()])
+    query, terms = with_property_terms(registered, exp.select("*").from_("stored_events"))
+    computed = [s.this for s in query.expressions if s.alias.startswith("__property_term_")]
+    rendered = [tree.sql() for tree in computed]
+    # each term once: the tokens value of three metrics, the filter of the two `big_gpt`
+    by_name = {m.metric.name: m.parsed for m in registered}
+    assert len(rendered) == len(set(rendered)) == 7
+    assert by_name["big_gpt"].value(table="e").sql() in rendered
+    assert by_name["big_gpt_max"].where(table="e").sql() in rendered
+    assert "properties" not in {c.alias_or_name for c in query.expressions}
+    for term in terms.values():
+        for part in (term.value, term.where, term.group):
+            assert "properties" not in {c.name for c in part.find_all(exp.Column)}
 
 
 def test_day_slices_hold_at_most_the_rows_asked_unless_one_day_holds_more() -> None:
