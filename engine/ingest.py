@@ -373,10 +373,13 @@ class Ingestor:
                     ),
                 )
             )
-        _late_deprecations(storage, select)
-        self._usage.refresh_changed(
-            version=version, written=select, superseding=superseding is not None
-        )
+        deprecated_some = _late_deprecations(storage, select)
+        if kind == "event" and superseding is None and not deprecated_some:
+            self._usage.add_new_events(select)
+        else:
+            self._usage.refresh_changed(
+                version=version, written=select, superseding=superseding is not None
+            )
         context.record_commit(version, "ingest" if kind == "event" else kind, events=count)
 
     def _stage(self, backfill: Backfill, rows: exp.Expr, *, count: int) -> None:
@@ -410,15 +413,16 @@ WHERE status = 'reflected' AND replace_existing_events AND deprecation_filter IS
 """
 
 
-def _late_deprecations(storage: Storage, written: exp.Select) -> None:
+def _late_deprecations(storage: Storage, written: exp.Select) -> bool:
     """Deprecate the rows this commit writes (``written``, from where the writer holds them:
     live events, amendments) that a reflected filtered replace backfill covers: its filter
     keeps applying to events that arrive late. One statement for the backfills whose
     timeframe meets the rows' time span, none when no backfill's does (a live batch lies in
-    the last hours, which a correction of the past rarely reaches)."""
+    the last hours, which a correction of the past rarely reaches). Returns whether it ran
+    that statement."""
     filtered = storage.small_table_rows(BACKFILLS, bind(_FILTERED_BACKFILLS))
     if not filtered:
-        return
+        return False
     timestamp = exp.column("timestamp", quoted=True)
     span = storage.one(
         exp.select(exp.func("min", timestamp), exp.func("max", timestamp)).from_(
@@ -426,7 +430,7 @@ def _late_deprecations(storage: Storage, written: exp.Select) -> None:
         )
     )
     if span is None or span[0] is None:
-        return
+        return False
     earliest, latest = span
     parts = [
         deprecation_rows(
@@ -442,8 +446,10 @@ def _late_deprecations(storage: Storage, written: exp.Select) -> None:
         for backfill_id, start, end, customer_id, external_customer_id, text in filtered
         if start <= latest and earliest < end
     ]
-    if parts:
-        storage.execute(insert_rows(DEPRECATIONS, union_all(parts)))
+    if not parts:
+        return False
+    storage.execute(insert_rows(DEPRECATIONS, union_all(parts)))
+    return True
 
 
 def _raise_bad_line(path: Path, error: ConstraintViolation) -> None:

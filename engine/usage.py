@@ -91,6 +91,48 @@ _AFFECTED_UNITS = """
 SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
 """
 
+# The cells that gain rows (see Usage.add_new_events): their stored partial aggregates and the
+# added ones, merged. `added_cells` holds one row per cell of the added rows.
+_MERGED_CELLS = """
+SELECT metric_id, customer_key, any_value(customer_id) AS customer_id,
+       any_value(external_customer_id) AS external_customer_id, bucket, group_value,
+       sum(events) AS events, sum(total) AS total, min(minimum) AS minimum,
+       max(maximum) AS maximum
+FROM (
+  SELECT t.metric_id, t.customer_key, t.customer_id, t.external_customer_id, t.bucket,
+         t.group_value, t.events, t.total, t.minimum, t.maximum
+  FROM lake.main.usage_cells AS t
+  SEMI JOIN added_cells AS a
+    ON t.metric_id = a.metric_id AND t.customer_key = a.customer_key AND t.bucket = a.bucket
+   AND t.group_value IS NOT DISTINCT FROM a.group_value
+  WHERE t.bucket >= :first AND t.bucket <= :last
+  UNION ALL
+  SELECT metric_id, customer_key, customer_id, external_customer_id, bucket, group_value,
+         events, total, minimum, maximum
+  FROM added_cells
+)
+GROUP BY metric_id, customer_key, bucket, group_value
+"""
+
+_DELETE_MERGED_CELLS = """
+DELETE FROM lake.main.usage_cells AS t USING added_cells AS a
+WHERE t.bucket >= :first AND t.bucket <= :last
+  AND t.metric_id = a.metric_id AND t.customer_key = a.customer_key AND t.bucket = a.bucket
+  AND t.group_value IS NOT DISTINCT FROM a.group_value
+"""
+
+# The distinct values of the added rows that their cells do not hold yet.
+_NEW_DISTINCT_VALUES = """
+SELECT n.metric_id, n.customer_key, n.customer_id, n.external_customer_id, n.bucket,
+       n.group_value, n.value
+FROM added_distinct AS n
+ANTI JOIN (
+  SELECT * FROM lake.main.usage_distinct WHERE bucket >= :first AND bucket <= :last
+) AS o
+  ON o.metric_id = n.metric_id AND o.customer_key = n.customer_key AND o.bucket = n.bucket
+ AND o.group_value IS NOT DISTINCT FROM n.group_value AND o.value = n.value
+"""
+
 # The rows a backfill's close wrote, read back from the store (by a revert).
 _PROMOTED_BY_CLOSE = """
 SELECT customer_id, external_customer_id, "timestamp"
@@ -521,6 +563,49 @@ class Usage:
         return self._registry
 
     # -- maintenance (inside a write transaction) ---------------------------------------------
+
+    def add_new_events(self, written: exp.Query) -> None:
+        """Fold the rows a live commit wrote into the cells, when each is a new effective event
+        and nothing else changed: no key of them was stored before, and no backfill deprecates
+        them. The cells they fall in gain their aggregates (a count and a sum add up, a minimum
+        and a maximum compare, distinct values join the set), so the older events of those
+        cells are not read again: re-aggregating them was most of a live batch's refresh (0.07
+        s of a 500-event batch at 10M events, 0.22 s of a 100k batch)."""
+        metrics = self._registered_for_write()
+        if not metrics:
+            return
+        storage = self._context.storage
+        events, terms = _with_property_terms(metrics, written)
+        storage.execute(create_temp_table("added_events", events))
+        storage.execute(
+            create_temp_table(
+                "added_cells",
+                union_all([_cells(m, "added_events", terms[m.metric.id]) for m in metrics]),
+            )
+        )
+        bounds = storage.one(bind("SELECT min(bucket), max(bucket) FROM added_cells"))
+        if bounds is not None and bounds[0] is not None:
+            in_span = {"first": bounds[0], "last": bounds[1]}
+            storage.execute(create_temp_table("merged_cells", bind(_MERGED_CELLS, **in_span)))
+            storage.execute(bind(_DELETE_MERGED_CELLS, **in_span))
+            storage.execute(
+                insert_rows(USAGE_CELLS, exp.select("*").from_("merged_cells"), _CELL_COLUMNS)
+            )
+        distinct = [m for m in metrics if m.parsed.aggregate is Aggregate.COUNT_DISTINCT]
+        if distinct:
+            values = union_all(
+                [_distinct_values(m, "added_events", terms[m.metric.id]) for m in distinct]
+            )
+            storage.execute(create_temp_table("added_distinct", values))
+            span = storage.one(bind("SELECT min(bucket), max(bucket) FROM added_distinct"))
+            if span is not None and span[0] is not None:
+                storage.execute(
+                    insert_rows(
+                        USAGE_DISTINCT,
+                        bind(_NEW_DISTINCT_VALUES, first=span[0], last=span[1]),
+                        _DISTINCT_COLUMNS,
+                    )
+                )
 
     def refresh_changed(
         self,

@@ -243,6 +243,71 @@ def _merge(name: str, parts: list[float]) -> float:
     return parts[0]
 
 
+def test_live_batches_of_new_keys_fold_into_cells_that_hold_events(
+    store: engine.Store,
+    clock: FakeClock,
+    metrics: dict[str, engine.Metric],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A live batch of keys never stored adds its aggregates to the cells its rows fall in
+    (sums and counts add, minima and maxima compare, new distinct values join); a batch that
+    re-sends a key, or that a filtered backfill deprecates on arrival, re-aggregates its cells
+    from the effective events instead."""
+    folded: list[int] = []
+    fold = engine.usage.Usage.add_new_events
+
+    def counted(usage: engine.usage.Usage, written: exp.Query) -> None:
+        folded.append(1)
+        fold(usage, written)
+
+    monkeypatch.setattr(engine.usage.Usage, "add_new_events", counted)
+    store.ingest(_events("first", NOW - 5 * HOUR, 30))
+    # the same hours and customers: larger and smaller tokens, a model not seen yet, repeats
+    store.ingest(
+        [
+            event(
+                f"second{i}",
+                NOW - 5 * HOUR + (7 * i + 3) * MINUTE,
+                ext=["acme", "globex"][i % 2],
+                name=["completion", "embedding"][i % 3 == 0],
+                tokens=[10_000, -5, 7][i % 3],
+                model=["gpt-4o", "large", "small"][i % 3],
+                region=["eu", "us", "ap"][i % 3],
+            )
+            for i in range(30)
+        ]
+    )
+    assert len(folded) == 2
+    _check_all(store, metrics)
+
+    adding = store.backfills.create(
+        timeframe_start=NOW - 5 * HOUR, timeframe_end=NOW - 4 * HOUR, replace_existing_events=False
+    )
+    store.ingest(
+        [event("late", NOW - 5 * HOUR, ext="acme", name="completion", tokens=9)],
+        backfill_id=adding.id,
+    )
+    store.backfills.close(adding.id)
+    # the live row of a key a backfill stored supersedes that row: its cells are recomputed
+    store.ingest([event("late", NOW - 4 * HOUR, ext="globex", name="completion", tokens=4)])
+    assert len(folded) == 2
+    _check_all(store, metrics)
+
+    clock.advance(DAY)
+    replace = store.backfills.create(
+        timeframe_start=NOW - 5 * HOUR,
+        timeframe_end=NOW - 4 * HOUR,
+        deprecation_filter="model = 'large'",
+    )
+    store.backfills.close(replace.id)
+    clock.now = NOW
+    # deprecated as it arrives: it must not count
+    store.ingest([event("arrives", NOW - 5 * HOUR, model="large", name="completion", tokens=99)])
+    assert len(folded) == 2
+    assert "arrives" not in set(_effective(store)["idempotency_key"])
+    _check_all(store, metrics)
+
+
 def test_as_of_answers_with_usage_as_it_was(
     store: engine.Store, clock: FakeClock, metrics: dict[str, engine.Metric]
 ) -> None:
