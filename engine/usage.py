@@ -235,6 +235,16 @@ def _metric(row: tuple[Any, ...]) -> Metric:
     )
 
 
+#: Event rows to aggregate: a table's name, or a query.
+_Source = str | exp.Query
+
+
+def _as_event_rows(source: _Source) -> exp.Expr:
+    if isinstance(source, str):
+        return exp.to_table(source).as_("e")
+    return source.subquery("e")
+
+
 @dataclass(frozen=True)
 class _Terms:
     """A metric's row-level expressions over event rows ``e``: the value it aggregates, the
@@ -258,9 +268,9 @@ class _Terms:
         )
 
 
-def _cells(metric: _Registered, source: str, terms: _Terms | None = None) -> exp.Select:
-    """Hour cells of ``metric`` aggregated from the event rows of table ``source`` (read through
-    ``terms`` when the table holds them computed, see :func:`_with_property_terms`)."""
+def _cells(metric: _Registered, source: _Source, terms: _Terms | None = None) -> exp.Select:
+    """Hour cells of ``metric`` aggregated from the event rows of ``source`` (read through
+    ``terms`` when it holds them computed, see :func:`_with_property_terms`)."""
     parsed = metric.parsed
     terms = terms or _Terms.of(metric)
 
@@ -283,14 +293,16 @@ def _cells(metric: _Registered, source: str, terms: _Terms | None = None) -> exp
             exp.alias_(exp.func("min", value()) if _numeric(parsed) else exp.null(), "minimum"),
             exp.alias_(exp.func("max", value()) if _numeric(parsed) else exp.null(), "maximum"),
         )
-        .from_(exp.to_table(source).as_("e"))
+        .from_(_as_event_rows(source))
         .where(terms.where.copy())
         .group_by(terms.customer_key.copy(), terms.bucket.copy(), terms.group.copy())
         .having(exp.func("count", value()) > exp.Literal.number(0))
     )
 
 
-def _distinct_values(metric: _Registered, source: str, terms: _Terms | None = None) -> exp.Select:
+def _distinct_values(
+    metric: _Registered, source: _Source, terms: _Terms | None = None
+) -> exp.Select:
     terms = terms or _Terms.of(metric)
     return (
         exp.select(
@@ -303,7 +315,7 @@ def _distinct_values(metric: _Registered, source: str, terms: _Terms | None = No
             exp.alias_(terms.value.copy(), "value"),
         )
         .distinct()
-        .from_(exp.to_table(source).as_("e"))
+        .from_(_as_event_rows(source))
         .where(exp.and_(terms.where.copy(), terms.value.copy().is_(exp.null()).not_()))
     )
 
@@ -793,11 +805,11 @@ class Usage:
     def _insert_cells(
         self,
         metrics: list[_Registered],
-        source: str,
+        source: _Source,
         terms: Mapping[str, _Terms] | None = None,
     ) -> None:
-        """Insert the cells of ``metrics`` aggregated from table ``source``, read through
-        ``terms`` (by metric id) when given."""
+        """Insert the cells of ``metrics`` aggregated from ``source``, read through ``terms``
+        (by metric id) when given."""
         storage = self._context.storage
         terms = terms or {}
         # One INSERT for all metrics: each INSERT writes a file per day partition it touches,
@@ -841,12 +853,21 @@ class Usage:
             slices = self._history_slices()
             if progress:
                 progress(0, len(slices))
+            # One statement reads the slice when one metric without distinct values is built
+            # (a metric's creation): it aggregates the rows as they are scanned, instead of
+            # copying them to a table first.
+            streamed = (
+                len(metrics) == 1 and metrics[0].parsed.aggregate is not Aggregate.COUNT_DISTINCT
+            )
             for done, (start, end) in enumerate(slices, start=1):
                 events, terms = _with_property_terms(
                     metrics, effective_events(timeframe_start=start, timeframe_end=end)
                 )
-                storage.execute(create_temp_table("slice_events", events))
-                self._insert_cells(metrics, "slice_events", terms)
+                if streamed:
+                    self._insert_cells(metrics, events, terms)
+                else:
+                    storage.execute(create_temp_table("slice_events", events))
+                    self._insert_cells(metrics, "slice_events", terms)
                 if progress:
                     progress(done, len(slices))
             storage.execute(drop_temp_table("slice_events"))
