@@ -16,7 +16,7 @@ from procs.common import NOW, FakeClock
 from sqlglot import exp
 
 import engine
-from engine.keys import INDEX_FOLDER, KeyIndex, _day_ranges, _merged
+from engine.keys import INDEX_FOLDER, KeyIndex, _day_ranges, _merged, _sorted_distinct
 from engine.queries import bind, snapshot_identity, table_ref
 from engine.schema import STORED_EVENTS
 
@@ -353,6 +353,13 @@ def test_merging_two_sorted_runs_equals_sorting_them(older: list[int], newer: li
     first = np.array(sorted(older), dtype=np.uint64)
     second = np.array(sorted(newer), dtype=np.uint64)
     assert _merged(first, second).tolist() == sorted(older + newer)
+
+
+@given(values=st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 7, 2**64 - 1]), max_size=60))
+def test_sorted_distinct_values_are_the_sorted_set(values: list[int]) -> None:
+    assert _sorted_distinct(np.array(values, dtype=np.uint64)).tolist() == sorted(set(values))
+    days = np.array([v % 2000 - 1000 for v in values], dtype=np.int64)
+    assert _sorted_distinct(days).tolist() == sorted(set(days.tolist()))
 
 
 @given(days=st.sets(st.integers(-1000, 1000), max_size=40))
