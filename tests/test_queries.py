@@ -33,9 +33,9 @@ def _pretty(tree: exp.Expression) -> str:
     return tree.sql(dialect="duckdb", pretty=True) + ";\n"
 
 
-def _metric(sql: str) -> usage._Registered:
+def _metric(sql: str, metric_id: str = "m_1") -> usage._Registered:
     metric = Metric(
-        id="m_1",
+        id=metric_id,
         name="m",
         sql=sql,
         description=None,
@@ -54,6 +54,21 @@ MODELS = "SELECT count(DISTINCT model) FROM events GROUP BY region"
 CANONICAL: dict[str, Callable[[], exp.Expr]] = {
     "usage_cells_sum": lambda: usage._cells(_metric(TOKENS), "unit_events"),
     "usage_distinct_values_grouped": lambda: usage._distinct_values(_metric(MODELS), "unit_events"),
+    "usage_slice_with_property_terms": lambda: usage._with_property_terms(
+        [_metric(TOKENS), _metric(MODELS, "m_2")], queries.effective_events()
+    )[0],
+    "usage_cells_sum_over_property_terms": lambda: usage._cells(
+        _metric(TOKENS),
+        "slice_events",
+        usage._with_property_terms([_metric(TOKENS)], queries.effective_events())[1]["m_1"],
+    ),
+    "usage_fold_merged_cells": lambda: queries.bind(usage._MERGED_CELLS, first=START, last=END),
+    "usage_fold_delete_merged_cells": lambda: queries.bind(
+        usage._DELETE_MERGED_CELLS, first=START, last=END
+    ),
+    "usage_fold_new_distinct_values": lambda: queries.bind(
+        usage._NEW_DISTINCT_VALUES, first=START, last=END
+    ),
     "usage_query_day_one_customer": lambda: usage._usage_query(
         _metric(TOKENS),
         exp.to_table("cached_cells"),
