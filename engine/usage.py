@@ -91,34 +91,44 @@ _AFFECTED_UNITS = """
 SELECT DISTINCT :customer_key AS customer_key, :bucket AS bucket FROM touched AS s
 """
 
-# The cells that gain rows (see Usage.add_new_events): their stored partial aggregates and the
-# added ones, merged. `added_cells` holds one row per cell of the added rows.
-_MERGED_CELLS = """
-SELECT metric_id, customer_key, any_value(customer_id) AS customer_id,
-       any_value(external_customer_id) AS external_customer_id, bucket, group_value,
-       sum(events) AS events, sum(total) AS total, min(minimum) AS minimum,
-       max(maximum) AS maximum
+# The stored cells of the (customer, hour) units that rows being added fall in (see
+# Usage.add_new_events).
+_MET_CELLS = """
+SELECT t.metric_id, t.customer_key, t.customer_id, t.external_customer_id, t.bucket,
+       t.group_value, t.events, t.total, t.minimum, t.maximum
+FROM lake.main.usage_cells AS t
+SEMI JOIN (SELECT DISTINCT __customer_key, __bucket FROM added_events) AS u
+  ON t.customer_key = u.__customer_key AND t.bucket = u.__bucket
+WHERE t.bucket >= :first AND t.bucket <= :last
+"""
+
+# The added cells, each merged with the stored cell it meets, if any.
+_FOLDED_CELLS = """
+SELECT a.metric_id, a.customer_key, a.customer_id, a.external_customer_id, a.bucket,
+       a.group_value, a.events, a.total, a.minimum, a.maximum
+FROM added_cells AS a
+ANTI JOIN met_cells AS m
+  ON m.metric_id = a.metric_id AND m.customer_key = a.customer_key AND m.bucket = a.bucket
+ AND m.group_value IS NOT DISTINCT FROM a.group_value
+UNION ALL
+SELECT metric_id, customer_key, any_value(customer_id), any_value(external_customer_id), bucket,
+       group_value, sum(events), sum(total), min(minimum), max(maximum)
 FROM (
-  SELECT t.metric_id, t.customer_key, t.customer_id, t.external_customer_id, t.bucket,
-         t.group_value, t.events, t.total, t.minimum, t.maximum
-  FROM lake.main.usage_cells AS t
-  SEMI JOIN added_cells AS a
-    ON t.metric_id = a.metric_id AND t.customer_key = a.customer_key AND t.bucket = a.bucket
-   AND t.group_value IS NOT DISTINCT FROM a.group_value
-  WHERE t.bucket >= :first AND t.bucket <= :last
+  SELECT * FROM met_cells
   UNION ALL
-  SELECT metric_id, customer_key, customer_id, external_customer_id, bucket, group_value,
-         events, total, minimum, maximum
-  FROM added_cells
+  SELECT a.* FROM added_cells AS a
+  SEMI JOIN met_cells AS m
+    ON m.metric_id = a.metric_id AND m.customer_key = a.customer_key AND m.bucket = a.bucket
+   AND m.group_value IS NOT DISTINCT FROM a.group_value
 )
 GROUP BY metric_id, customer_key, bucket, group_value
 """
 
-_DELETE_MERGED_CELLS = """
-DELETE FROM lake.main.usage_cells AS t USING added_cells AS a
+_DELETE_MET_CELLS = """
+DELETE FROM lake.main.usage_cells AS t USING met_cells AS m
 WHERE t.bucket >= :first AND t.bucket <= :last
-  AND t.metric_id = a.metric_id AND t.customer_key = a.customer_key AND t.bucket = a.bucket
-  AND t.group_value IS NOT DISTINCT FROM a.group_value
+  AND t.metric_id = m.metric_id AND t.customer_key = m.customer_key AND t.bucket = m.bucket
+  AND t.group_value IS NOT DISTINCT FROM m.group_value
 """
 
 # The distinct values of the added rows that their cells do not hold yet.
@@ -590,35 +600,36 @@ class Usage:
         storage = self._context.storage
         events, terms = _with_property_terms(metrics, written)
         storage.execute(create_temp_table("added_events", events))
+        bounds = storage.one(bind("SELECT min(__bucket), max(__bucket) FROM added_events"))
+        if bounds is None or bounds[0] is None:
+            return
+        in_span = {"first": bounds[0], "last": bounds[1]}
+        storage.execute(create_temp_table("met_cells", bind(_MET_CELLS, **in_span)))
+        if storage.one(bind("SELECT count(*) FROM met_cells")) == (0,):
+            # No stored cell in those units (a load of past events), so no distinct value
+            # either: the cells are the added rows' own, as a rebuild would write them.
+            self._insert_cells(metrics, "added_events", terms)
+            return
         storage.execute(
             create_temp_table(
                 "added_cells",
                 union_all([_cells(m, "added_events", terms[m.metric.id]) for m in metrics]),
             )
         )
-        bounds = storage.one(bind("SELECT min(bucket), max(bucket) FROM added_cells"))
-        if bounds is not None and bounds[0] is not None:
-            in_span = {"first": bounds[0], "last": bounds[1]}
-            storage.execute(create_temp_table("merged_cells", bind(_MERGED_CELLS, **in_span)))
-            storage.execute(bind(_DELETE_MERGED_CELLS, **in_span))
-            storage.execute(
-                insert_rows(USAGE_CELLS, exp.select("*").from_("merged_cells"), _CELL_COLUMNS)
-            )
+        storage.execute(bind(_DELETE_MET_CELLS, **in_span))
+        storage.execute(insert_rows(USAGE_CELLS, bind(_FOLDED_CELLS), _CELL_COLUMNS))
         distinct = [m for m in metrics if m.parsed.aggregate is Aggregate.COUNT_DISTINCT]
         if distinct:
             values = union_all(
                 [_distinct_values(m, "added_events", terms[m.metric.id]) for m in distinct]
             )
-            storage.execute(create_temp_table("added_distinct", values))
-            span = storage.one(bind("SELECT min(bucket), max(bucket) FROM added_distinct"))
-            if span is not None and span[0] is not None:
-                storage.execute(
-                    insert_rows(
-                        USAGE_DISTINCT,
-                        bind(_NEW_DISTINCT_VALUES, first=span[0], last=span[1]),
-                        _DISTINCT_COLUMNS,
-                    )
+            storage.execute(
+                insert_rows(
+                    USAGE_DISTINCT,
+                    bind(_NEW_DISTINCT_VALUES, **in_span, ctes={"added_distinct": values}),
+                    _DISTINCT_COLUMNS,
                 )
+            )
 
     def refresh_changed(
         self,

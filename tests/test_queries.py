@@ -62,9 +62,10 @@ CANONICAL: dict[str, Callable[[], exp.Expr]] = {
         "slice_events",
         usage._with_property_terms([_metric(TOKENS)], queries.effective_events())[1]["m_1"],
     ),
-    "usage_fold_merged_cells": lambda: queries.bind(usage._MERGED_CELLS, first=START, last=END),
-    "usage_fold_delete_merged_cells": lambda: queries.bind(
-        usage._DELETE_MERGED_CELLS, first=START, last=END
+    "usage_fold_met_cells": lambda: queries.bind(usage._MET_CELLS, first=START, last=END),
+    "usage_fold_folded_cells": lambda: queries.bind(usage._FOLDED_CELLS),
+    "usage_fold_delete_met_cells": lambda: queries.bind(
+        usage._DELETE_MET_CELLS, first=START, last=END
     ),
     "usage_fold_new_distinct_values": lambda: queries.bind(
         usage._NEW_DISTINCT_VALUES, first=START, last=END
