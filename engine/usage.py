@@ -102,25 +102,12 @@ SEMI JOIN (SELECT DISTINCT __customer_key, __bucket FROM added_events) AS u
 WHERE t.bucket >= :first AND t.bucket <= :last
 """
 
-# The added cells, each merged with the stored cell it meets, if any.
+# The cells of the units the added rows fall in: the stored ones (`met_cells`) merged with the
+# added rows' own (`added_cells`), cell by cell.
 _FOLDED_CELLS = """
-SELECT a.metric_id, a.customer_key, a.customer_id, a.external_customer_id, a.bucket,
-       a.group_value, a.events, a.total, a.minimum, a.maximum
-FROM added_cells AS a
-ANTI JOIN met_cells AS m
-  ON m.metric_id = a.metric_id AND m.customer_key = a.customer_key AND m.bucket = a.bucket
- AND m.group_value IS NOT DISTINCT FROM a.group_value
-UNION ALL
 SELECT metric_id, customer_key, any_value(customer_id), any_value(external_customer_id), bucket,
        group_value, sum(events), sum(total), min(minimum), max(maximum)
-FROM (
-  SELECT * FROM met_cells
-  UNION ALL
-  SELECT a.* FROM added_cells AS a
-  SEMI JOIN met_cells AS m
-    ON m.metric_id = a.metric_id AND m.customer_key = a.customer_key AND m.bucket = a.bucket
-   AND m.group_value IS NOT DISTINCT FROM a.group_value
-)
+FROM (SELECT * FROM met_cells UNION ALL SELECT * FROM added_cells)
 GROUP BY metric_id, customer_key, bucket, group_value
 """
 

@@ -55,7 +55,7 @@ CANONICAL: dict[str, Callable[[], exp.Expr]] = {
     "usage_cells_sum": lambda: usage._cells(_metric(TOKENS), "unit_events"),
     "usage_distinct_values_grouped": lambda: usage._distinct_values(_metric(MODELS), "unit_events"),
     "usage_slice_with_property_terms": lambda: usage._with_property_terms(
-        [_metric(TOKENS), _metric(MODELS, "m_2")], queries.effective_events()
+        [_metric(TOKENS), _metric(MODELS, "m_2")], exp.select("*").from_("slice_rows")
     )[0],
     "usage_cells_sum_over_property_terms": lambda: usage._cells(
         _metric(TOKENS),

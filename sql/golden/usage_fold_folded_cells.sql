@@ -1,22 +1,4 @@
 SELECT
-  a.metric_id,
-  a.customer_key,
-  a.customer_id,
-  a.external_customer_id,
-  a.bucket,
-  a.group_value,
-  a.events,
-  a.total,
-  a.minimum,
-  a.maximum
-FROM added_cells AS a
-ANTI JOIN met_cells AS m
-  ON m.metric_id = a.metric_id
-  AND m.customer_key = a.customer_key
-  AND m.bucket = a.bucket
-  AND m.group_value IS NOT DISTINCT FROM a.group_value
-UNION ALL
-SELECT
   metric_id,
   customer_key,
   ANY_VALUE(customer_id),
@@ -33,13 +15,8 @@ FROM (
   FROM met_cells
   UNION ALL
   SELECT
-    a.*
-  FROM added_cells AS a
-  SEMI JOIN met_cells AS m
-    ON m.metric_id = a.metric_id
-    AND m.customer_key = a.customer_key
-    AND m.bucket = a.bucket
-    AND m.group_value IS NOT DISTINCT FROM a.group_value
+    *
+  FROM added_cells
 )
 GROUP BY
   metric_id,
