@@ -322,7 +322,7 @@ _CELL_KEY_COLUMNS = ("customer_id", "external_customer_id")
 
 
 def _with_property_terms(
-    metrics: list[_Registered], events: exp.Expr
+    metrics: list[_Registered], events: exp.Query
 ) -> tuple[exp.Select, dict[str, _Terms]]:
     """``events`` (rows of the event columns) narrowed for aggregating ``metrics``: the
     customer key and the hour, and each part of their terms that reads only ``properties`` (a
@@ -357,7 +357,6 @@ def _with_property_terms(
         )
         for plain in map(_Terms.of, metrics)
     ]
-    assert isinstance(events, exp.Query)
     lifted = {name for name, _ in computed.values()}
     read = {
         column.name
@@ -1071,6 +1070,8 @@ class Usage:
         def read() -> list[dict[str, Any]]:
             found: dict[str, list[dict[str, Any]]] = {m.metric.id: [] for m in metrics}
             for start, end in self._history_slices():
+                # the metrics' plain terms, not _with_property_terms: the check takes the other
+                # path from the rebuild, so a fault in either shows as a mismatch
                 events = effective_events(timeframe_start=start, timeframe_end=end)
                 storage.execute(create_temp_table("verify_events", events))
                 for metric in metrics:
