@@ -521,6 +521,15 @@ def supersession_rows(
 # -- ingest ------------------------------------------------------------------------------------
 
 
+def _utc_wall_time(instant: exp.Expr) -> exp.Expr:
+    """The ``TIMESTAMP`` (UTC wall time, as the store keeps times) of a ``TIMESTAMPTZ``.
+
+    From its microseconds since 1970 rather than by a cast: a cast converts through the
+    session's time zone with ICU, 0.17 s per 1M rows against 0.005 s, and would depend on that
+    zone being UTC."""
+    return exp.func("make_timestamp", exp.func("epoch_us", instant))
+
+
 def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
     """Rows of an input (an Arrow table, Parquet or JSONL scan) in the engine's shape.
 
@@ -539,13 +548,13 @@ def normalized_input(source: str, column_types: dict[str, str]) -> exp.Select:
     timestamp_text: exp.Expr = text("timestamp")
     if ts_type.startswith("TIMESTAMP WITH TIME ZONE"):
         # Formatting every typed time as text would cost seconds per million rows.
-        timestamp: exp.Expr = exp.cast(col("timestamp"), "TIMESTAMP")
+        timestamp: exp.Expr = _utc_wall_time(col("timestamp"))
         timestamp_text = exp.cast(exp.null(), "VARCHAR")
     elif ts_type in ("VARCHAR", "JSON", ""):
         raw = text("timestamp")
         timestamp = exp.If(
             this=exp.RegexpLike(this=raw, expression=exp.Literal.string(UTC_TIMESTAMP_PATTERN)),
-            true=exp.cast(exp.TryCast(this=raw, to=exp.DataType.build("TIMESTAMPTZ")), "TIMESTAMP"),
+            true=_utc_wall_time(exp.TryCast(this=raw, to=exp.DataType.build("TIMESTAMPTZ"))),
         )
     else:  # naive timestamps and other types carry no zone: refused by validation
         timestamp = exp.cast(exp.null(), "TIMESTAMP")
@@ -617,7 +626,7 @@ WITH checked AS (
      CASE WHEN i.customer_id IS NOT NULL AND c.id IS NULL
           THEN 'customer_id ''' || i.customer_id || ''' does not exist' END,
      CASE WHEN i.properties IS NULL THEN 'properties is required'
-          WHEN NOT json_valid(i.properties) OR json_type(i.properties) <> 'OBJECT'
+          WHEN coalesce(try(json_type(i.properties)), '') <> 'OBJECT'
           THEN 'properties must be a JSON object of string, number or boolean values' END,
      CASE WHEN :live AND i."timestamp" < :oldest
           THEN 'timestamp ' || strftime(i."timestamp", '%Y-%m-%dT%H:%M:%S.%fZ')
@@ -689,7 +698,7 @@ def ingest_problems(
     scope: exp.Expr | None = None,
 ) -> exp.Expr:
     """Every problem of the rows in ``incoming``: ``(ordinal, idempotency_key, problem)``."""
-    return bind(
+    query = bind(
         _INGEST_PROBLEMS,
         live=live,
         oldest=oldest,
@@ -704,6 +713,22 @@ def ingest_problems(
         int64_max=INT64_MAX,
         suspicious=_SUSPICIOUS_PROPERTIES,
     )
+    return _rows_with_problems_only(query, cte="checked")
+
+
+def _rows_with_problems_only(query: exp.Expr, *, cte: str) -> exp.Expr:
+    """``query`` with its CTE ``cte``, which lists each row's problems as an array of ``CASE``
+    expressions, narrowed to the rows for which some ``CASE`` condition holds.
+
+    Nearly every row of a batch is valid: testing the conditions alone costs a fraction of
+    building, filtering and unnesting a list per row (0.2-0.3 s of CPU per 1M rows). The
+    narrowing is derived from the list itself, so the two can never disagree."""
+    checks = next(c.this for c in query.find_all(exp.CTE) if c.alias == cte)
+    assert isinstance(checks, exp.Select)
+    problems = next(checks.find_all(exp.Array))
+    conditions = [when.this for case in problems.expressions for when in case.args["ifs"]]
+    checks.where(exp.or_(*conditions, copy=True), copy=False)
+    return query
 
 
 def _qualify(tree: exp.Expr, table: str) -> exp.Expr:

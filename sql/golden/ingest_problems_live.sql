@@ -34,7 +34,7 @@ WITH checked AS (
       CASE
         WHEN i.properties IS NULL
         THEN 'properties is required'
-        WHEN NOT JSON_VALID(i.properties) OR JSON_TYPE(i.properties) <> 'OBJECT'
+        WHEN COALESCE(TRY(JSON_TYPE(i.properties)), '') <> 'OBJECT'
         THEN 'properties must be a JSON object of string, number or boolean values'
       END,
       CASE
@@ -59,6 +59,41 @@ WITH checked AS (
   FROM incoming AS i
   LEFT JOIN lake.main.customers AS c
     ON c.id = i.customer_id
+  WHERE
+    (
+      i.idempotency_key IS NULL OR i.idempotency_key = ''
+    )
+    OR (
+      i.event_name IS NULL OR i.event_name = ''
+    )
+    OR LENGTH(i.unknown_fields) > 0
+    OR NOT i.timestamp_given
+    OR i."timestamp" IS NULL
+    OR (
+      NOT i.customer_id IS NULL AND NOT i.external_customer_id IS NULL
+    )
+    OR (
+      i.customer_id IS NULL AND i.external_customer_id IS NULL
+    )
+    OR (
+      NOT i.customer_id IS NULL AND c.id IS NULL
+    )
+    OR i.properties IS NULL
+    OR COALESCE(TRY(JSON_TYPE(i.properties)), '') <> 'OBJECT'
+    OR (
+      TRUE AND i."timestamp" < CAST('2026-11-01 00:00:00' AS TIMESTAMP)
+    )
+    OR (
+      TRUE AND i."timestamp" > CAST('2026-11-02 00:00:00' AS TIMESTAMP)
+    )
+    OR (
+      NOT TRUE AND (
+        i."timestamp" < NULL OR i."timestamp" >= NULL
+      )
+    )
+    OR (
+      NOT TRUE AND FALSE AND NOT COALESCE(NULL, FALSE)
+    )
 ), property_problems AS (
   SELECT
     i.ordinal,
