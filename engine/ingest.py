@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
@@ -160,13 +161,11 @@ class Ingestor:
         Call inside ``storage.write()`` with ``backfill`` already checked to accept events.
         """
         storage = self._context.storage
-        repeats = self.validate_only(events, backfill=backfill)
+        repeats, key_hashes = self._validate(events, backfill=backfill)
         # a live batch's version, read once: the key lookups need the newest committed one
         version = self._context.next_version() if backfill is None else None
         stored_restriction = (
-            self._context.keys.stored_rows(
-                bind("SELECT idempotency_key FROM incoming"), newest=version - 1
-            )
+            self._context.keys.stored_rows(key_hashes, newest=version - 1)
             if version is not None
             else None
         )
@@ -226,14 +225,30 @@ class Ingestor:
 
         Returns how many keys occur more than once in the batch (identical copies).
         """
+        return self._validate(events, backfill=backfill)[0]
+
+    def _validate(
+        self, events: Any, *, backfill: Backfill | None
+    ) -> tuple[int, npt.NDArray[np.uint64]]:
+        """:meth:`validate_only`, also returning the sorted hashes of the batch's keys."""
         storage = self._context.storage
         problems = self._load(events)
-        storage.execute(create_temp_table("repeated_keys", bind(REPEATED_KEYS)))
+        key_hashes = self._context.keys.hashes(bind("SELECT idempotency_key FROM incoming"))
+        repeated = bind(REPEATED_KEYS)
+        # Keys can repeat only where hashes do; grouping 1M keys to find none took 0.11-0.18 s,
+        # the hashes' sort 0.05 s, and the key index looks the same hashes up.
+        may_repeat = bool(np.any(key_hashes[1:] == key_hashes[:-1]))
+        if not may_repeat:
+            assert isinstance(repeated, exp.Select)
+            repeated = repeated.where(exp.false())
+        storage.execute(create_temp_table("repeated_keys", repeated))
         problems += self._problems(backfill)
         if problems:
             raise _rejection(problems)
+        if not may_repeat:
+            return 0, key_hashes
         repeats = storage.one(bind("SELECT count(*) FROM repeated_keys"))
-        return int(repeats[0]) if repeats else 0
+        return (int(repeats[0]) if repeats else 0), key_hashes
 
     def write_amendment(self, kind: str) -> int:
         """Write ``incoming`` (one validated row) as a live row of ``kind``; returns its version."""

@@ -120,12 +120,24 @@ class KeyIndex:
         self._saved_later = 0
         self._unsaved: list[Entries] = []
 
+    def hashes(self, keys: exp.Expr) -> Entries:
+        """The 64-bit hashes of the keys ``keys`` selects (a query with an ``idempotency_key``
+        column), sorted: what :meth:`stored_rows` looks up, for a caller that has a use for
+        them too (equal neighbours flag keys that may repeat)."""
+        assert isinstance(keys, exp.Query)
+        query = exp.select(exp.func("hash", exp.column("idempotency_key", table="k"))).from_(
+            keys.subquery("k")
+        )
+        hashes = self._storage.arrow(query).column(0).to_numpy().astype(np.uint64, copy=False)
+        return np.sort(hashes)
+
     def stored_rows(
-        self, keys: exp.Expr, *, table: str | None = None, newest: int | None = None
+        self, keys: exp.Expr | Entries, *, table: str | None = None, newest: int | None = None
     ) -> exp.Expr:
         """A condition on ``stored_events`` rows (under alias ``table``) that holds for every
-        stored row of the keys ``keys`` selects (a query with an ``idempotency_key`` column):
-        timestamp ranges of whole UTC days, or FALSE when none of the keys was ever stored.
+        stored row of the keys ``keys`` selects (a query with an ``idempotency_key`` column, or
+        their sorted hashes from :meth:`hashes`): timestamp ranges of whole UTC days, or FALSE
+        when none of the keys was ever stored.
 
         ``newest`` is the newest version committed in the caller's transaction, when the
         caller has read it already (a writer, from ``Context.next_version``).
@@ -224,14 +236,12 @@ class KeyIndex:
             older = self._runs.pop()
             self._runs.append(_merged(older, newer))
 
-    def _prefixes(self, keys: exp.Expr) -> Entries:
-        """The distinct hash prefixes of the keys ``keys`` selects, sorted."""
-        assert isinstance(keys, exp.Query)
-        query = exp.select(exp.func("hash", exp.column("idempotency_key", table="k"))).from_(
-            keys.subquery("k")
-        )
-        hashes = self._storage.arrow(query).column(0).to_numpy().astype(np.uint64, copy=False)
-        return _sorted_distinct(hashes & _PREFIX_MASK)
+    def _prefixes(self, keys: exp.Expr | Entries) -> Entries:
+        """The distinct hash prefixes of the keys ``keys`` selects (or of these sorted hashes),
+        sorted."""
+        hashes = keys if isinstance(keys, np.ndarray) else self.hashes(keys)
+        # masking the low bits of sorted words keeps them sorted
+        return _distinct_of_sorted(hashes & _PREFIX_MASK)
 
     def _days_of(self, prefixes: Entries) -> Days:
         """The distinct day fields of the entries with these (sorted) prefixes, sorted."""
@@ -371,7 +381,11 @@ def _sorted_distinct(values: _Words) -> _Words:
     """The distinct values, sorted. ``np.unique`` took 0.65-1.0 s for the hashes of a
     1M-row ingest batch (NumPy 2.4 dedups by hashing first); a sort and a neighbour
     comparison take 0.06 s."""
-    ordered = np.sort(values)
+    return _distinct_of_sorted(np.sort(values))
+
+
+def _distinct_of_sorted(ordered: _Words) -> _Words:
+    """The distinct values of a sorted array."""
     keep = np.ones(len(ordered), dtype=bool)
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]

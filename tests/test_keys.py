@@ -309,8 +309,9 @@ def test_no_stored_row_of_an_asked_key_is_ever_left_out(
     store: engine.Store, batches: list[list[tuple[int, int]]], asked: list[int]
 ) -> None:
     """Keys ingested in backfills on random days, read back after every commit, by the store's
-    index and by a new one starting from the file the previous new one saved: every stored row
-    of the asked keys satisfies the condition, and none of an unknown key does."""
+    index (from the keys and from their hashes) and by a new one starting from the file the
+    previous new one saved: every stored row of the asked keys satisfies the condition, and
+    none of an unknown key does."""
     storage = store._storage
     with storage.write():
         for table in ("stored_events", "staged_events", "backfills", "commits", "supersessions"):
@@ -330,8 +331,13 @@ def test_no_stored_row_of_an_asked_key_is_ever_left_out(
         )
         store.backfills.close(backfill.id)
         keys = [f"k{n}" for n in asked]
-        total, kept = _rows_kept(store, _condition(store, *keys), *keys)
+        condition = _condition(store, *keys)
+        total, kept = _rows_kept(store, condition, *keys)
         assert kept == total
+        # the keys' sorted hashes, which an ingest batch has at hand, give the same answer
+        with storage.read():
+            index = store._context.keys
+            assert index.stored_rows(index.hashes(_keys(*keys))) == condition
         # a process of its own, starting from the file the previous one saved
         later = _lookup(store, KeyIndex(storage, save_at_least=1), *keys)
         assert _rows_kept(store, later, *keys) == (total, total)
