@@ -299,6 +299,7 @@ class Storage:
         self._changes_read: dict[str, tuple[int, int]] = {}
         # lake tables written by the open write transaction (see small_table_rows)
         self._written_in_transaction: set[str] = set()
+        self._after_commit: list[Callable[[], None]] = []
         self._small_reads: dict[str, tuple[int, list[tuple[Any, ...]]]] = {}
         try:
             self._attach(path)
@@ -465,6 +466,7 @@ class Storage:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             self._write_depth = 1
             self._written_in_transaction = set()
+            self._after_commit = []
             try:
                 self._connection.execute("BEGIN TRANSACTION")
                 try:
@@ -473,9 +475,19 @@ class Storage:
                     self._connection.execute("ROLLBACK")
                     raise
                 self._connection.execute("COMMIT")
+                for action in self._after_commit:
+                    action()
             finally:
                 self._write_depth = 0
+                self._after_commit = []
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the current write transaction has committed (never if it rolls
+        back, nor in a :meth:`trial`), still holding the store's lock."""
+        if not self._write_depth:
+            raise RuntimeError("after_commit needs a write transaction")
+        self._after_commit.append(action)
 
     @contextlib.contextmanager
     def trial(self) -> Iterator[None]:
@@ -486,6 +498,7 @@ class Storage:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             self._write_depth = 1
             self._written_in_transaction = set()
+            self._after_commit = []
             try:
                 self._connection.execute("BEGIN TRANSACTION")
                 try:
@@ -494,6 +507,7 @@ class Storage:
                     self._connection.execute("ROLLBACK")
             finally:
                 self._write_depth = 0
+                self._after_commit = []
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     @contextlib.contextmanager

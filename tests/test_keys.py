@@ -41,6 +41,15 @@ def _keys(*keys: str) -> exp.Expr:
     )
 
 
+def _keyed_rows(*keys: str) -> exp.Expr:
+    """Rows of ``keys`` (at one time, which a lookup by their entries ignores)."""
+    query = _keys(*keys)
+    assert isinstance(query, exp.Select)
+    return query.select(
+        exp.cast(exp.convert(BASE.replace(tzinfo=None)), "TIMESTAMP").as_("timestamp")
+    )
+
+
 def _condition(store: engine.Store, *keys: str) -> exp.Expr:
     with store._storage.read():
         return store._context.keys.stored_rows(_keys(*keys))
@@ -308,10 +317,10 @@ def test_a_rolled_back_write_leaves_no_trace(store: engine.Store) -> None:
 def test_no_stored_row_of_an_asked_key_is_ever_left_out(
     store: engine.Store, batches: list[list[tuple[int, int]]], asked: list[int]
 ) -> None:
-    """Keys ingested in backfills on random days, read back after every commit, by the store's
-    index (from the keys and from their hashes) and by a new one starting from the file the
-    previous new one saved: every stored row of the asked keys satisfies the condition, and
-    none of an unknown key does."""
+    """Keys ingested in backfills on random days and live, read back after every commit, by the
+    store's index (from the keys and from entries of rows) and by a new one starting from the
+    file the previous new one saved: every stored row of the asked keys satisfies the
+    condition, and none of an unknown key does."""
     storage = store._storage
     with storage.write():
         for table in ("stored_events", "staged_events", "backfills", "commits", "supersessions"):
@@ -331,17 +340,40 @@ def test_no_stored_row_of_an_asked_key_is_ever_left_out(
         )
         store.backfills.close(backfill.id)
         keys = [f"k{n}" for n in asked]
+        # live rows of some of the batch's keys and of a new one, which the index takes from
+        # the writes (will_store) instead of reading them back
+        live = [*list(by_key)[:2], f"k{31 + len(batch) % 10}"]
+        store.ingest([_event(key, NOW - timedelta(hours=1)) for key in live])
         condition = _condition(store, *keys)
         total, kept = _rows_kept(store, condition, *keys)
         assert kept == total
-        # the keys' sorted hashes, which an ingest batch has at hand, give the same answer
+        # the sorted entries of rows of those keys, which an ingest batch has, answer the same
         with storage.read():
             index = store._context.keys
-            assert index.stored_rows(index.hashes(_keys(*keys))) == condition
+            assert index.stored_rows(index.entries(_keyed_rows(*keys))) == condition
         # a process of its own, starting from the file the previous one saved
         later = _lookup(store, KeyIndex(storage, save_at_least=1), *keys)
         assert _rows_kept(store, later, *keys) == (total, total)
     assert _condition(store, "never-sent") == exp.false()
+
+
+def test_entries_promised_by_a_write_that_rolled_back_are_not_taken(
+    store: engine.Store,
+) -> None:
+    index = store._context.keys
+    store.ingest([_event("a", NOW - timedelta(hours=1))])
+    storage = store._storage
+    with pytest.raises(RuntimeError, match="rolled back"), storage.write():
+        version = store._context.next_version()
+        assert index.stored_rows(_keys("a"), newest=version - 1) != exp.false()
+        index.will_store(version, index.entries(_keyed_rows("ghost")))
+        raise RuntimeError("rolled back")
+    # nothing taken: the index still holds the versions before, without a rebuild
+    assert index._seen_version == version - 1
+    # the version the rolled-back write would have had goes to another batch
+    store.ingest([_event("b", NOW - timedelta(hours=2))])
+    assert _condition(store, "ghost") == exp.false()
+    assert _rows_kept(store, _condition(store, "a", "b"), "a", "b") == (2, 2)
 
 
 @pytest.mark.parametrize("keys", [["a"], ["a", "b", "c"]])
