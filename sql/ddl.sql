@@ -2,6 +2,8 @@
 
 SELECT * FROM DUCKLAKE_SET_OPTION('lake', 'parquet_compression', 'zstd');
 
+SELECT * FROM DUCKLAKE_SET_OPTION('lake', 'parquet_compression_level', '1');
+
 SELECT * FROM DUCKLAKE_SET_OPTION('lake', 'parquet_row_group_size', '16384');
 
 CREATE TABLE IF NOT EXISTS lake.main.stored_events (
