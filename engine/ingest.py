@@ -239,8 +239,9 @@ class Ingestor:
             bind('SELECT idempotency_key, "timestamp" FROM incoming')
         )
         repeated = bind(REPEATED_KEYS)
-        # Keys can repeat only where their hashes' prefixes do: grouping 1M keys to find none
-        # took 0.11-0.18 s, the entries take 0.05 s and serve the key index too.
+        # Keys can repeat only where their hashes' prefixes do. Grouping 1M keys to find none
+        # took 0.11-0.18 s; the entries take 0.1 s and spare the key index its own hash query
+        # and, once this commit succeeds, reading the commit's rows back (0.1 s).
         may_repeat = prefixes_repeat(entries)
         if not may_repeat:
             assert isinstance(repeated, exp.Select)

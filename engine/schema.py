@@ -220,8 +220,7 @@ TABLES: tuple[Table, ...] = (
 #: DuckLake cannot set an option for a table in the transaction that creates it, so this one
 #: holds for every table (reloading all five benchmark metrics' cells at 10M events: 1.0-1.08 s
 #: against 0.98-1.0 s with the default). zstd level 1 instead of 3: the same bytes within 0.3%
-#: on these rows (small pages leave the higher level nothing to find) and a sorted 1M-row
-#: insert 0.82-0.93 s instead of 0.94-0.99 s.
+#: for 4M generated events, and a sorted 1M-row insert takes 0.82-0.93 s instead of 0.94-0.99 s.
 OPTIONS: tuple[tuple[str, str], ...] = (
     ("parquet_compression", "zstd"),
     ("parquet_compression_level", "1"),
